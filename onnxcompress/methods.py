@@ -57,7 +57,8 @@ def _penni(opts: dict[str, Any]) -> list[Pass]:
     from .passes.penni import PenniRewrite
 
     return [PenniRewrite(
-        bases=opts["bases"], energy=opts["energy"], coef_sparsity=opts["coef_sparsity"], criterion=opts["criterion"],
+        bases=opts["bases"], energy=opts["energy"], coef_sparsity=opts["coef_sparsity"],
+        mac_reduction=opts["mac_reduction"], criterion=opts["criterion"],
         basis_iterations=opts["basis_iterations"], portable=opts["portable"], data_free=opts["data_free"],
         calib_rows=opts["calib_rows"], seed=opts["seed"], allow_dynamic_weights=opts["allow_dynamic_weights"])]
 
@@ -116,7 +117,11 @@ METHODS: dict[str, Method] = {
                 Option("bases", int, None, "penni: d, basis kernels per layer (default 5 unless --energy)"),
                 Option("energy", float, None, "penni: choose d per layer as the fewest bases retaining this "
                        "fraction of the kernels' energy (0-1]"),
-                Option("coef_sparsity", float, 0.7, "penni: fraction of the basis coefficients pruned per layer"),
+                Option("coef_sparsity", float, None, "penni: fraction of the basis coefficients pruned per layer "
+                       "(default 0.7)"),
+                Option("mac_reduction", float, None, "penni: fraction of the model's Conv MACs to remove; d (up to "
+                       "--bases) and the coefficient sparsity are chosen per layer from estimated output errors "
+                       "(calibration moments when --calib is given)"),
                 CRITERION,
                 Option("basis_iterations", int, 0, "penni: with calibration, rounds of least-squares refit of "
                        "the bases alternating with the coefficients"),

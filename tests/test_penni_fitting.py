@@ -168,3 +168,21 @@ def test_bad_arguments():
         penni.kernel_basis(w)
     with pytest.raises(ValueError):
         penni.kernel_basis(w, energy=1.5)
+
+
+def test_option_errors_match_the_fit_at_anchors_and_costs_count_every_map():
+    """The calibrated estimate is the error fit_layer reaches (all rows sampled, an anchor
+    sparsity); the data-free one is the weight-space error; both grow with sparsity."""
+    X, w0, b0, moms = layer_data()
+    grid = (0.0, 0.5, 0.7, 0.8)
+    est = penni.option_errors(w0, b0, moms, [2, 3], grid, max_rows=64)
+    assert est.shape == (2, 4) and np.all(np.diff(est, axis=1) >= -1e-12)
+    for i, d in enumerate([2, 3]):
+        for j, s in enumerate(grid):
+            f = penni.fit_layer(w0, b0, bases=d, sparsity=s, moments=moms, criterion="second_order")
+            assert est[i, j] == pytest.approx(f.stats["rel_error"], rel=2e-3, abs=1e-9)
+    assert np.all(est[1] <= est[0] + 1e-12)   # more bases, less error
+    free = penni.option_errors(w0, b0, None, [9], (0.0,))
+    assert free[0, 0] == pytest.approx(0.0, abs=1e-12)   # full rank, unpruned: exact
+    cost = penni.option_costs(6, 8, 1, (3, 3), 10, [2], (0.0, 0.5))
+    np.testing.assert_allclose(cost[0], [10 * (6 * 2 * 9 + 8 * 6 * 2), 10 * (6 * 2 * 9 + 4 * 6 * 2)])

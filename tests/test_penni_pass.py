@@ -147,3 +147,40 @@ def test_digits_cnn_calibrated_keeps_accuracy():
     print(f"\n[penni digits] top-1 {base:.3f} -> {got:.3f}, Conv MACs -{1 - after / macs:.1%}")
     assert got >= base - 0.01
     assert after < 0.5 * macs
+
+
+def conv_mac_reduction(report):
+    """Fraction of the model's Conv MACs removed, basis stage included (batch 1)."""
+    before = after = 0
+    for r in report.layers:
+        before += r["macs"]
+        if r["status"] == "rewritten":
+            after += r["macs"] * r["macs_ratio"]
+        else:
+            after += r["macs"]
+    return 1 - after / before
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_mac_reduction_allocates_settings_per_layer(feeds, calibrated):
+    model = modelgen.small_resnet()
+    kw = {"calib_feeds": feeds} if calibrated else {}
+    out, report = optimize(model, "penni", mac_reduction=0.6, bases=4, **kw)
+    rewritten = [r for r in report.layers if r["status"] == "rewritten"]
+    assert rewritten and all("allocated" in r for r in rewritten)
+    assert all(1 <= r["allocated"]["bases"] <= 4 and r["bases"] == r["allocated"]["bases"] for r in rewritten)
+    assert conv_mac_reduction(report) >= 0.6 - 1e-6
+    assert any("--mac-reduction 0.600" in n for n in report.notes)
+    test = np.random.default_rng(9).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    canonical, _ = PassManager(canonicalize()).run(model)
+    want = run(canonical, test, ours=False)
+    got = run(out, test)
+    cos = float(np.sum(got * want) / np.sqrt(np.sum(got ** 2) * np.sum(want ** 2)))
+    assert cos > (0.9 if calibrated else 0.5)
+
+
+def test_mac_reduction_bad_combinations():
+    with pytest.raises(OnnxCompressError, match="mac-reduction"):
+        optimize(modelgen.small_resnet(), "penni", mac_reduction=0.9, coef_sparsity=0.5)
+    with pytest.raises(OnnxCompressError, match="mac-reduction"):
+        optimize(modelgen.small_resnet(), "penni", mac_reduction=1.5)

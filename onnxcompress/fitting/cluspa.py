@@ -38,6 +38,8 @@ from typing import Sequence
 import numpy as np
 from scipy import sparse
 
+from . import allocation
+
 __all__ = [
     "ClusteredLayer", "fit_gmm_1d", "magnitude_mask", "threshold_mask", "second_order_scores", "mask_from_scores",
     "pruning_error_curve", "allocate_sparsity", "cluster_weights", "refit_values", "masked_refit",
@@ -207,51 +209,25 @@ def second_order_scores(w: np.ndarray, H: np.ndarray, ridge: float = DEFAULT_RID
 def pruning_error_curve(scores: np.ndarray, energy: float, grid: Sequence[float] = SPARSITY_GRID) -> np.ndarray:
     """Relative error estimate for each sparsity of `grid`: the sum of the pruned
     (smallest) scores, divided by `energy` (the layer's output energy or weight norm)."""
-    s = np.sort(np.asarray(scores, np.float64).ravel())
-    csum = np.concatenate([[0.0], np.cumsum(s)])
-    out = []
-    for g in grid:
-        out.append(csum[int(round(g * s.size))] / max(energy, 1e-300))
-    return np.array(out)
+    return allocation.pruning_error_curve(scores, energy, grid)
 
 
 def allocate_sparsity(curves: Sequence[np.ndarray], sizes: Sequence[int], target: float,
                       grid: Sequence[float] = SPARSITY_GRID, max_sparsity: float | None = None) -> list[float]:
     """Per-layer sparsities from `grid` whose weighted mean (by `sizes`, the layers'
     weight counts) reaches `target`, minimising the sum of the layers' error
-    estimates (`curves[l][i]` is layer l's error at grid[i]).
-
-    Lagrangian: for a price lam per pruned weight, each layer picks the grid point
-    minimising err - lam * pruned; lam is bisected (on a log scale) until the
-    total reaches the target. Deterministic.
-    """
+    estimates (`curves[l][i]` is layer l's error at grid[i]); the Lagrangian of
+    `allocation.allocate` with the kept weights as the cost."""
     grid = np.asarray(grid, np.float64)
-    sizes = np.asarray(sizes, np.float64)
     allowed = np.ones(len(grid), bool) if max_sparsity is None else grid <= max_sparsity + 1e-12
-    total = sizes.sum()
-    if total == 0:
+    sizes = np.asarray(sizes, np.float64)
+    if sizes.sum() == 0:
         return [0.0] * len(sizes)
-
-    def pick(lam: float) -> np.ndarray:
-        idx = []
-        for c, n in zip(curves, sizes):
-            cost = np.where(allowed, np.asarray(c) - lam * grid * n, np.inf)
-            idx.append(int(np.argmin(cost)))
-        return np.array(idx)
-
-    def achieved(idx):
-        return float((grid[idx] * sizes).sum() / total)
-
-    lo, hi = -40.0, 40.0   # log10 of lam
-    if achieved(pick(10.0 ** hi)) < target:
-        return [float(grid[i]) for i in pick(10.0 ** hi)]
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if achieved(pick(10.0 ** mid)) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return [float(grid[i]) for i in pick(10.0 ** hi)]
+    options = grid[allowed]
+    errors = [np.asarray(c, np.float64)[allowed] for c in curves]
+    costs = [(1.0 - options) * n for n in sizes]
+    choice = allocation.allocate(errors, costs, (1.0 - target) * sizes.sum() + 1e-9 * sizes.sum())
+    return [float(options[i]) for i in choice]
 
 
 # ---------------------------------------------------------------- clustering the survivors

@@ -25,13 +25,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .allocation import pruning_error_curve
 from ..calibration.solve import DEFAULT_RIDGE, kernel_basis_moments, ridge_lambda, solve_masked
 
 __all__ = [
     "GroupMoments", "BasisFit", "kernel_basis", "choose_rank", "compose_weight", "basis_means",
     "magnitude_saliency", "second_order_saliency", "prune_mask", "refit_coefficients", "refit_bases",
-    "fit_layer", "layer_costs", "group_moments",
+    "fit_layer", "layer_costs", "group_moments", "option_errors", "option_costs", "SPARSITY_GRID",
 ]
+
+# Coefficient sparsities a layer may be given when a model-wide MAC budget is allocated.
+SPARSITY_GRID = tuple(round(x, 2) for x in np.arange(0.0, 0.99, 0.02))
 
 
 @dataclass
@@ -336,4 +340,78 @@ def group_moments(conv_moments) -> list[GroupMoments]:
     for acc in groups:
         H, G = acc.centered()
         out.append(GroupMoments(H, G, acc.mean_x, acc.mean_y, acc.rows))
+    return out
+
+
+# Sparsities at which option_errors solves the masked refit; the grid between them is interpolated.
+ERROR_ANCHORS = (0.5, 0.7, 0.8, 0.86, 0.9, 0.93, 0.95, 0.97, 0.98)
+
+
+def option_errors(weight: np.ndarray, bias: np.ndarray | None, moments: list[GroupMoments] | None, ranks,
+                  grid=SPARSITY_GRID, ridge: float = DEFAULT_RIDGE, max_rows: int = 64,
+                  seed: int = 0) -> np.ndarray:
+    """Estimated relative output error [len(ranks), len(grid)] of the layer at d = ranks[i] bases and
+    coefficient sparsity grid[j], for allocating a model-wide budget.
+
+    With moments: the error the fit itself would reach on these moments, solved, not guessed
+    (summed single-coefficient saliencies miss how little the survivors can compensate at 90%+
+    pruning): the second-order mask at each of ERROR_ANCHORS, the masked ridge refit, and its
+    output error from the moments, over the layer's output energy; on a seeded sample of at most
+    `max_rows` output channels per group (the solves are per channel); log-linear in between.
+    Data-free: in weight space, the energy the truncated SVD drops plus the squared pruned
+    coefficients (the basis is orthonormal), over the weights' energy.
+    """
+    weight = np.asarray(weight, np.float64)
+    m, cg = weight.shape[:2]
+    grid = np.asarray(grid, np.float64)
+    out = np.zeros((len(ranks), len(grid)))
+    for i, d in enumerate(ranks):
+        basis = kernel_basis(weight, bases=d)
+        if moments is None:
+            total = float(np.sum(weight ** 2))
+            out[i] = (1.0 - basis.energy) + pruning_error_curve(basis.coefs ** 2, total, grid)
+            continue
+        B = basis.bases
+        mg = m // len(moments)
+        rows = np.sort(np.random.default_rng(seed).permutation(mg)[:max_rows])
+        W0 = weight.reshape(m, -1)
+        b0 = np.zeros(m) if bias is None else np.asarray(bias, np.float64)
+        solved, saliency = [], []
+        for g, mom in enumerate(moments):
+            HB, GB = kernel_basis_moments(mom.H, mom.G, B.reshape(d, -1), cg)
+            C = solve_masked(HB, GB, None, ridge)
+            w0 = W0[g * mg:(g + 1) * mg][rows]
+            target = (np.einsum("od,de,oe->o", w0, mom.H, w0)
+                      + (w0 @ mom.mean_x + b0[g * mg:(g + 1) * mg][rows]) ** 2)
+            solved.append((HB, GB[:, rows], w0, target))
+            saliency.append(second_order_saliency(C, HB, ridge))
+        saliency = np.concatenate(saliency)
+        energy = sum(float(t.sum()) for *_, t in solved)
+
+        def error(mask):
+            err = 0.0
+            for g, (HB, GB, w0, target) in enumerate(solved):
+                keep = mask[g * mg:(g + 1) * mg][rows]
+                C = solve_masked(HB, GB, keep, ridge)
+                # centred output error per channel: c HB c - 2 c.GB + (w0 H w0); the bias takes the mean
+                err += float(np.einsum("od,de,oe->", C, HB, C) - 2 * np.einsum("od,do->", C, GB)
+                             + np.einsum("od,de,oe->", w0, moments[g].H, w0))
+            return max(err, 0.0) / max(energy, 1e-300)
+
+        points = [0.0] + [a for a in ERROR_ANCHORS if a > 0]
+        errs = [error(np.ones_like(saliency, bool))] + [error(prune_mask(saliency, a)) for a in points[1:]]
+        out[i] = np.exp(np.interp(grid, points, np.log(np.maximum(errs, 1e-12))))
+    return out
+
+
+def option_costs(in_channels: int, out_channels: int, group: int, kernel: tuple[int, int], out_pixels: int,
+                 ranks, grid=SPARSITY_GRID) -> np.ndarray:
+    """MACs [len(ranks), len(grid)] of the layer in basis form at batch 1, every basis map counted
+    (maps that pruning leaves unread are a saving found after the fit)."""
+    kh, kw = kernel
+    cg = in_channels // group
+    out = np.zeros((len(ranks), len(grid)))
+    for i, d in enumerate(ranks):
+        nnz = (1.0 - np.asarray(grid, np.float64)) * out_channels * cg * d
+        out[i] = out_pixels * (in_channels * d * kh * kw + nnz)
     return out

@@ -26,8 +26,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..analysis import analyse_convs
 from ..calibration import LayerCapture, conv_io_batches, conv_layer_moments
 from ..errors import OnnxCompressError
+from ..fitting import allocation
 from ..fitting import penni as fit
 from ..graph import to_graph, to_model, unique_name
 from .base import (
@@ -66,7 +68,8 @@ class PenniRewrite(Pass):
     requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
-    def __init__(self, bases: int | None = None, energy: float | None = None, coef_sparsity: float = 0.7,
+    def __init__(self, bases: int | None = None, energy: float | None = None, coef_sparsity: float | None = None,
+                 mac_reduction: float | None = None,
                  criterion: str | None = None, basis_iterations: int = 0, portable: bool = False,
                  data_free: bool = False, calib_rows: int = 50000, seed: int = 0, ridge: float = 1e-4,
                  allow_dynamic_weights: bool = False):
@@ -76,8 +79,14 @@ class PenniRewrite(Pass):
             raise OnnxCompressError(f"--bases must be >= 1, got {bases}")
         if energy is not None and not 0 < energy <= 1:
             raise OnnxCompressError(f"--energy must be in (0, 1], got {energy}")
-        if not 0 <= coef_sparsity < 1:
+        if coef_sparsity is not None and not 0 <= coef_sparsity < 1:
             raise OnnxCompressError(f"--coef-sparsity must be in [0, 1), got {coef_sparsity}")
+        if mac_reduction is not None:
+            if not 0 < mac_reduction < 1:
+                raise OnnxCompressError(f"--mac-reduction must be in (0, 1), got {mac_reduction}")
+            if coef_sparsity is not None or energy is not None:
+                raise OnnxCompressError("--mac-reduction chooses d and the coefficient sparsity per layer: "
+                                        "give it without --coef-sparsity and --energy (--bases is the largest d)")
         if criterion is not None and criterion not in CRITERIA:
             raise OnnxCompressError(f"--criterion must be one of {CRITERIA}, got {criterion}")
         if basis_iterations < 0:
@@ -86,7 +95,8 @@ class PenniRewrite(Pass):
             raise OnnxCompressError(f"--calib-rows must be >= 1, got {calib_rows}")
         self.bases = bases if (bases is not None or energy is not None) else 5
         self.energy = energy
-        self.sparsity = float(coef_sparsity)
+        self.sparsity = 0.7 if coef_sparsity is None else float(coef_sparsity)
+        self.mac_reduction = mac_reduction
         self.criterion = criterion
         self.basis_iterations = basis_iterations
         self.portable = portable
@@ -109,9 +119,11 @@ class PenniRewrite(Pass):
             return None, "1x1 convolution: no spatial kernel to express in bases"
         group = int(node.attrs.get("group", 1))
         d = self.bases if self.bases is not None else kh * kw  # energy: at most kh*kw (checked after the fit)
-        d = min(d, kh * kw)
+        d, sparsity = min(d, kh * kw), self.sparsity
+        if self.mac_reduction is not None:  # the allocation may pick the cheapest setting
+            d, sparsity = 1, fit.SPARSITY_GRID[-1]
         # per output position: original M*Cg*K; basis form at least Cin*d*K + nnz
-        after = group * cg * d * kh * kw + (1 - self.sparsity) * m * cg * d
+        after = group * cg * d * kh * kw + (1 - sparsity) * m * cg * d
         if self.bases is not None and after >= m * cg * kh * kw:
             what = "depthwise: " if cg == 1 else ""
             return None, (f"{what}the basis form ({after:.0f} MACs per output position) would not be cheaper than "
@@ -124,8 +136,9 @@ class PenniRewrite(Pass):
         criterion = self.criterion or ("second-order" if moments is not None else "magnitude")
         if criterion == "second-order" and moments is None:
             criterion = "magnitude"
-        return fit.fit_layer(layer["weight"], layer["bias"], group=layer["group"], bases=self.bases,
-                             energy=self.energy, sparsity=self.sparsity,
+        return fit.fit_layer(layer["weight"], layer["bias"], group=layer["group"],
+                             bases=layer.get("bases", self.bases), energy=self.energy,
+                             sparsity=layer.get("sparsity", self.sparsity),
                              criterion="second_order" if criterion == "second-order" else "magnitude",
                              moments=moments, basis_iterations=self.basis_iterations if moments else 0,
                              ridge=self.ridge), criterion
@@ -135,6 +148,46 @@ class PenniRewrite(Pass):
         moments = conv_layer_moments(layer["weight"].shape, conv_attrs_of(layer), batches, row_budget=budget,
                                      seed=self.seed)
         return fit.group_moments(moments), moments.geometry
+
+    # ------------------------------------------------------------------ allocation
+    def _allocate(self, model: onnx.ModelProto, layers: list[dict], merged, ctx: PassContext) -> None:
+        """Per-layer d and coefficient sparsity for the model-wide --mac-reduction: error estimates
+        (fitting.penni.option_errors, on the original model's calibration moments when there are
+        feeds) against MACs, allocated by the Lagrangian of fitting.allocation."""
+        infos = {c.name: c for c in analyse_convs(model)}
+        total = sum(c.macs or 0 for c in infos.values())
+        missing = [c.name for c in infos.values() if c.macs is None]
+        if missing:
+            raise OnnxCompressError(f"--mac-reduction needs static Conv shapes; unknown output size for {missing[:3]}")
+        names = {layer["name"] for layer in layers}
+        fixed = sum(c.macs for c in infos.values() if c.name not in names)
+        budget = (1.0 - self.mac_reduction) * total - fixed
+        ranks = list(range(1, (self.bases or 5) + 1))
+        original = LayerCapture(model) if merged else None
+        errors, costs = [], []
+        for layer in layers:
+            m, cg, kh, kw = layer["weight"].shape
+            ok = [d for d in ranks if d <= kh * kw]
+            moments = None
+            if merged:
+                moments, _ = self._layer_moments(layer, original.conv_batches(layer["name"], merged), len(merged))
+            err = fit.option_errors(layer["weight"], layer["bias"], moments, ok, ridge=self.ridge, seed=self.seed)
+            pixels = infos[layer["name"]].macs // (m * cg * kh * kw)
+            cost = fit.option_costs(cg * layer["group"], m, layer["group"], (kh, kw), pixels, ok)
+            layer["_options"] = [(d, s) for d in ok for s in fit.SPARSITY_GRID]
+            errors.append(err.ravel())
+            costs.append(cost.ravel())
+        choice = allocation.allocate(errors, costs, budget)
+        spent = fixed + sum(c[i] for c, i in zip(costs, choice))
+        for layer, i, e in zip(layers, choice, errors):
+            layer["bases"], layer["sparsity"] = layer.pop("_options")[i]
+            layer["estimated_error"] = float(e[i])
+        note = (f"penni: --mac-reduction {self.mac_reduction:.3f} allocated over {len(layers)} layers: "
+                f"{spent / total:.4f} of {total} Conv MACs planned (every basis map counted)")
+        if spent > (1.0 - self.mac_reduction) * total * (1 + 1e-6):
+            note += "; the target is out of reach even at the cheapest setting of every layer"
+        ctx.notes.append(note)
+        log.info(note)
 
     # ------------------------------------------------------------------ graph
     def _replace(self, graph: gs.Graph, name: str, result: fit.BasisFit) -> str:
@@ -195,6 +248,8 @@ class PenniRewrite(Pass):
 
         current = model
         merged = _merge_feeds(feeds) if feeds else None
+        if self.mac_reduction is not None:
+            self._allocate(model, layers, merged, ctx)
         original = LayerCapture(model) if merged else None
         for layer in layers:
             geometry = None
@@ -230,6 +285,9 @@ class PenniRewrite(Pass):
             "active_basis_maps": result.stats["active_basis_maps"],
             "params_before": int(w.size + (0 if layer["bias"] is None else m)),
         }
+        if "estimated_error" in layer:  # chosen by the --mac-reduction allocation
+            details["allocated"] = {"bases": layer["bases"], "coef_sparsity": layer["sparsity"],
+                                    "estimated_rel_error": round(layer["estimated_error"], 6)}
         # bytes of the initializers as written (the coefficient matrix is stored dense; CSR would take
         # 8 bytes per non-zero plus the row starts)
         bias_bytes = 0 if result.bias is None else 4 * m
