@@ -60,7 +60,10 @@ def main():
     ap.add_argument("--model", type=Path, default=REPO / "models" / "digits_cnn.onnx")
     ap.add_argument("--dataset", choices=["mnist", "photos"], default="mnist")
     ap.add_argument("--bases", type=int, nargs="+", default=[3, 4, 5])
-    ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7, 0.85, 0.9])
+    ap.add_argument("--sparsity", type=float, nargs="*", default=[0.5, 0.7, 0.85, 0.9])
+    ap.add_argument("--mac-reduction", type=float, nargs="*", default=[],
+                    help="also: settings allocated per layer for these model-wide Conv MAC reductions "
+                         "(d up to max(--bases))")
     ap.add_argument("--modes", nargs="+", default=["data-free", "calibrated"], choices=["data-free", "calibrated"])
     ap.add_argument("--calib", type=int, default=256, help="calibration images")
     ap.add_argument("--calib-rows", type=int, default=50000)
@@ -92,30 +95,33 @@ def main():
             return evaluate_accuracy(model, x_test, y_test).top1
         return float(np.mean(logits(model, x_test).argmax(1) == reference.argmax(1)))
 
+    settings = [dict(bases=d, coef_sparsity=s) for d in args.bases for s in args.sparsity]
+    settings += [dict(bases=max(args.bases), mac_reduction=r) for r in args.mac_reduction]
     rows, best = [], None
     for mode in args.modes:
-        for d in args.bases:
-            for s in args.sparsity:
-                t0 = time.perf_counter()
-                kw = dict(bases=d, coef_sparsity=s, calib_rows=args.calib_rows)
-                if mode == "calibrated":
-                    model, report = optimize(original, "penni", calib_feeds=feeds,
-                                             basis_iterations=args.basis_iterations, **kw)
-                else:
-                    model, report = optimize(original, "penni", **kw)
-                q = quality(model)
-                before, after, basis, coef = mac_totals(report)
-                row = dict(mode=mode, bases=d, sparsity=s, quality=q, drop=base_quality - q,
-                           mac_reduction=1 - after / before, macs_before=before, macs_after=after,
-                           macs_basis=basis, macs_coef=coef,
-                           bytes_before=report.totals["initializer_bytes_before"],
-                           bytes_after=report.totals["initializer_bytes_after"], seconds=time.perf_counter() - t0)
-                rows.append(row)
-                print(f"{mode:>10} d={d} S={s:.2f}: quality {q:.4f} (drop {base_quality - q:+.4f}), "
-                      f"Conv MACs -{row['mac_reduction']:.1%}, {row['seconds']:.0f} s", flush=True)
-                if mode == "calibrated" and base_quality - q <= 0.005 and \
-                        (best is None or row["mac_reduction"] > best[0]["mac_reduction"]):
-                    best = (row, model, report)
+        for setting in settings:
+            t0 = time.perf_counter()
+            kw = dict(setting, calib_rows=args.calib_rows)
+            if mode == "calibrated":
+                model, report = optimize(original, "penni", calib_feeds=feeds,
+                                         basis_iterations=args.basis_iterations, **kw)
+            else:
+                model, report = optimize(original, "penni", **kw)
+            q = quality(model)
+            before, after, basis, coef = mac_totals(report)
+            d = setting["bases"] if "mac_reduction" not in setting else f"<={setting['bases']}"
+            s = setting.get("coef_sparsity", f"alloc {setting.get('mac_reduction')}")
+            row = dict(mode=mode, bases=d, sparsity=s, quality=q, drop=base_quality - q,
+                       mac_reduction=1 - after / before, macs_before=before, macs_after=after,
+                       macs_basis=basis, macs_coef=coef,
+                       bytes_before=report.totals["initializer_bytes_before"],
+                       bytes_after=report.totals["initializer_bytes_after"], seconds=time.perf_counter() - t0)
+            rows.append(row)
+            print(f"{mode:>10} d={d} S={s}: quality {q:.4f} (drop {base_quality - q:+.4f}), "
+                  f"Conv MACs -{row['mac_reduction']:.1%}, {row['seconds']:.0f} s", flush=True)
+            if mode == "calibrated" and base_quality - q <= 0.005 and \
+                    (best is None or row["mac_reduction"] > best[0]["mac_reduction"]):
+                best = (row, model, report)
 
     what = "top-1" if args.dataset == "mnist" else "top-1 agreement with fp32"
     print(f"\nmodel {args.model}; {len(x_test)} test inputs; {args.calib} calibration inputs; original {what} "

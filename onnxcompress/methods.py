@@ -55,12 +55,14 @@ def _cluspa(opts: dict[str, Any]) -> list[Pass]:
 
 def _penni(opts: dict[str, Any]) -> list[Pass]:
     from .passes.penni import PenniRewrite
+    from .passes.remove_dead_channels import RemoveDeadChannels
 
     return [PenniRewrite(
         bases=opts["bases"], energy=opts["energy"], coef_sparsity=opts["coef_sparsity"],
         mac_reduction=opts["mac_reduction"], criterion=opts["criterion"],
         basis_iterations=opts["basis_iterations"], portable=opts["portable"], data_free=opts["data_free"],
-        calib_rows=opts["calib_rows"], seed=opts["seed"], allow_dynamic_weights=opts["allow_dynamic_weights"])]
+        calib_rows=opts["calib_rows"], seed=opts["seed"], allow_dynamic_weights=opts["allow_dynamic_weights"])
+    ] + ([] if opts["portable"] else [RemoveDeadChannels()])
 
 
 # Options several methods share, defined once.

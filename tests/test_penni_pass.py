@@ -184,3 +184,42 @@ def test_mac_reduction_bad_combinations():
         optimize(modelgen.small_resnet(), "penni", mac_reduction=0.9, coef_sparsity=0.5)
     with pytest.raises(OnnxCompressError, match="mac-reduction"):
         optimize(modelgen.small_resnet(), "penni", mac_reduction=1.5)
+
+
+def chain_with_unread_channels(residual: bool):
+    """conv(3->12) -> Relu -> conv(12->8) whose weights for input channels 2, 5, 7 are zero
+    (PENNI's coefficients for them are exactly zero); with `residual`, the first conv's output
+    is also read by an Add, so its channels must stay."""
+    b = modelgen.Builder(4)
+    h = b.relu(b.conv("input", 3, 12, pads=[1, 1, 1, 1]))
+    y = b.conv(h, 12, 8, pads=[1, 1, 1, 1])
+    w = next(i for i in b.inits if i.name == b.nodes[-1].input[1])
+    arr = onnx.numpy_helper.to_array(w).copy()
+    arr[:, [2, 5, 7]] = 0
+    w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    outs = [y, b.op("Add", [h, b.conv(h, 12, 12, k=1)])] if residual else [y]
+    return b.model(["N", 3, 10, 10], outs)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_channels_no_consumer_reads_are_removed(residual):
+    from onnxcompress.passes.penni import PenniRewrite
+
+    model = chain_with_unread_channels(residual)
+    x = np.random.default_rng(3).standard_normal((2, 3, 10, 10)).astype(np.float32)
+    kept, _ = PassManager(canonicalize() + [PenniRewrite(bases=4, coef_sparsity=0.2)]).run(model)
+    out, report = optimize(model, "penni", bases=4, coef_sparsity=0.2)
+    first = next(r for r in report.layers if r["in_channels"] == 3)
+    coefs = {n.name: onnx.numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == n.input[2]))
+             for n in out.graph.node if n.op_type == "BasisConv"}
+    if residual:
+        assert "removed_output_channels" not in first
+        assert coefs[first["name"]].shape[0] == 12
+    else:
+        assert first["removed_output_channels"] == 3 and coefs[first["name"]].shape == (9, 3 * 4)
+        assert first["coef_nnz"] == np.count_nonzero(coefs[first["name"]])
+        assert any("3 output channels" in n for n in report.notes)
+    # the removed channels were read by nobody: the outputs do not change
+    for got, want in zip(onnxcompress.InferenceSession(out, threads=1).run(None, {"input": x}),
+                         onnxcompress.InferenceSession(kept, threads=1).run(None, {"input": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
