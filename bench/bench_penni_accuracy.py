@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -71,7 +72,10 @@ def main():
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--time", action="store_true", help="time original vs best calibrated (1 and 2 threads)")
     ap.add_argument("--json", dest="json_out", type=Path)
+    ap.add_argument("-v", "--verbose", action="store_true", help="log the passes' progress")
     args = ap.parse_args()
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
 
     original = onnx.load(str(args.model))

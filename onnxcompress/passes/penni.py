@@ -175,6 +175,7 @@ class PenniRewrite(Pass):
             pixels = infos[layer["name"]].macs // (m * cg * kh * kw)
             cost = fit.option_costs(cg * layer["group"], m, layer["group"], (kh, kw), pixels, ok)
             layer["_options"] = [(d, s) for d in ok for s in fit.SPARSITY_GRID]
+            log.info("penni allocation: error estimates of %s (d <= %d) done", layer["name"], ok[-1])
             errors.append(err.ravel())
             costs.append(cost.ravel())
         choice = allocation.allocate(errors, costs, budget)
