@@ -175,7 +175,7 @@ def test_option_errors_match_the_fit_at_anchors_and_costs_count_every_map():
     sparsity); the data-free one is the weight-space error; both grow with sparsity."""
     X, w0, b0, moms = layer_data()
     grid = (0.0, 0.7, 0.8, 0.9)
-    est = penni.option_errors(w0, b0, moms, [2, 3], grid, max_rows=64)
+    est = penni.option_errors(w0, b0, moms, [2, 3], grid, max_rows=8)
     assert est.shape == (2, 4) and np.all(np.diff(est, axis=1) >= -1e-12)
     for i, d in enumerate([2, 3]):
         for j, s in enumerate(grid):

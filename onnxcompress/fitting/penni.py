@@ -354,7 +354,7 @@ ERROR_ANCHORS = (0.7, 0.8, 0.86, 0.9, 0.93, 0.95, 0.97, 0.98)
 
 
 def option_errors(weight: np.ndarray, bias: np.ndarray | None, moments: list[GroupMoments] | None, ranks,
-                  grid=SPARSITY_GRID, ridge: float = DEFAULT_RIDGE, max_rows: int = 64,
+                  grid=SPARSITY_GRID, ridge: float = DEFAULT_RIDGE, max_rows: int = 32,
                   seed: int = 0) -> np.ndarray:
     """Estimated relative output error [len(ranks), len(grid)] of the layer at d = ranks[i] bases and
     coefficient sparsity grid[j], for allocating a model-wide budget.
@@ -387,21 +387,19 @@ def option_errors(weight: np.ndarray, bias: np.ndarray | None, moments: list[Gro
             HB, GB = kernel_basis_moments(mom.H, mom.G, B.reshape(d, -1), cg)
             C = solve_masked(HB, GB, None, ridge)
             w0 = W0[g * mg:(g + 1) * mg][rows]
-            target = (np.einsum("od,de,oe->o", w0, mom.H, w0)
-                      + (w0 @ mom.mean_x + b0[g * mg:(g + 1) * mg][rows]) ** 2)
-            solved.append((HB, GB[:, rows], w0, target))
+            centred = float(np.sum((w0 @ mom.H) * w0))  # E|Yc|^2 of the sampled outputs (Y = X W0^T + b0)
+            mean_part = float(np.sum((w0 @ mom.mean_x + b0[g * mg:(g + 1) * mg][rows]) ** 2))
+            solved.append((HB, GB[:, rows], centred, centred + mean_part))
             saliency.append(second_order_saliency(C, HB, ridge))
         saliency = np.concatenate(saliency)
-        energy = sum(float(t.sum()) for *_, t in solved)
+        energy = sum(t for *_, t in solved)
 
         def error(mask):
             err = 0.0
-            for g, (HB, GB, w0, target) in enumerate(solved):
-                keep = mask[g * mg:(g + 1) * mg][rows]
-                C = solve_masked(HB, GB, keep, ridge)
-                # centred output error per channel: c HB c - 2 c.GB + (w0 H w0); the bias takes the mean
-                err += float(np.einsum("od,de,oe->", C, HB, C) - 2 * np.einsum("od,do->", C, GB)
-                             + np.einsum("od,de,oe->", w0, moments[g].H, w0))
+            for g, (HB, GB, centred, _) in enumerate(solved):
+                C = solve_masked(HB, GB, mask[g * mg:(g + 1) * mg][rows], ridge)
+                # centred output error of the rows: c HB c - 2 c.GB + E|Yc|^2; the bias takes the mean
+                err += float(np.sum((C @ HB) * C) - 2 * np.sum(C * GB.T)) + centred
             return max(err, 0.0) / max(energy, 1e-300)
 
         points = [0.0] + [a for a in ERROR_ANCHORS if a > 0]
