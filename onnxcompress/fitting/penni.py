@@ -209,6 +209,11 @@ def refit_bases(moments: list[GroupMoments], bases: np.ndarray, coefs: np.ndarra
     return sol.reshape(d, kh, kw)
 
 
+def _quadratic(A: np.ndarray, H: np.ndarray, B: np.ndarray) -> float:
+    """sum_o A[o] H B[o]^T, by matrix products (an unoptimised einsum is O(M D^2) scalar steps)."""
+    return float(np.sum((A @ H) * B))
+
+
 def _output_error(mom: GroupMoments, W: np.ndarray, b: np.ndarray, W0: np.ndarray, b0: np.ndarray) -> tuple:
     """(mean squared error of (W, b) against the target, mean square of the target) from centred moments:
     the target is the original layer (W0, b0) whose outputs G describes; means enter through the bias."""
@@ -216,10 +221,10 @@ def _output_error(mom: GroupMoments, W: np.ndarray, b: np.ndarray, W0: np.ndarra
     # E||Yc||^2 is unknown from H, G alone; the original layer gives it: Y = X W0^T + b0 exactly.
     Hc = mom.H
     D = W - W0
-    err_c = float(np.einsum("od,de,oe->", D, Hc, D)) / max(W.shape[0], 1)
+    err_c = _quadratic(D, Hc, D) / max(W.shape[0], 1)
     mean_diff = W @ mom.mean_x + b - (W0 @ mom.mean_x + b0)
     err = err_c + float(np.mean(mean_diff ** 2))
-    y_c = float(np.einsum("od,de,oe->", W0, Hc, W0)) / max(W.shape[0], 1)
+    y_c = _quadratic(W0, Hc, W0) / max(W.shape[0], 1)
     y2 = y_c + float(np.mean((W0 @ mom.mean_x + b0) ** 2))
     return err, y2
 
@@ -308,8 +313,8 @@ def fit_layer(weight: np.ndarray, bias: np.ndarray | None, *, group: int = 1, ba
             # cosine of the outputs (uncentred): E<y, y0> / sqrt(E|y|^2 E|y0|^2)
             Hc = mom.H
             my, my0 = W[sl] @ mom.mean_x + bb[sl], W0[sl] @ mom.mean_x + b0[sl]
-            cross += float(np.einsum("od,de,oe->", W[sl], Hc, W0[sl]) + my @ my0)
-            ww += float(np.einsum("od,de,oe->", W[sl], Hc, W[sl]) + my @ my)
+            cross += _quadratic(W[sl], Hc, W0[sl]) + float(my @ my0)
+            ww += _quadratic(W[sl], Hc, W[sl]) + float(my @ my)
         stats["rel_error"] = float(err / y2) if y2 > 0 else 0.0
         stats["output_cosine"] = float(cross / np.sqrt(ww * y2)) if ww > 0 and y2 > 0 else 0.0
     return BasisFit(B.astype(np.float32), C.astype(np.float32),
