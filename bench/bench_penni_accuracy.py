@@ -123,7 +123,7 @@ def main():
             rows.append(row)
             print(f"{mode:>10} d={d} S={s}: quality {q:.4f} (drop {base_quality - q:+.4f}), "
                   f"Conv MACs -{row['mac_reduction']:.1%}, {row['seconds']:.0f} s", flush=True)
-            if mode == "calibrated" and base_quality - q <= 0.005 and \
+            if mode == "calibrated" and round(base_quality - q, 6) <= 0.005 and \
                     (best is None or row["mac_reduction"] > best[0]["mac_reduction"]):
                 best = (row, model, report)
 
