@@ -12,7 +12,7 @@ calibration inputs unless a fixed one is given (fitting.tabconv).
 The classifier: the Gemm (transA=0, any alpha, beta, transB, a bias C that
 does not depend on the batch row) or MatMul with a constant 2-D weight that
 computes the first graph output (through Identity/Softmax/LogSoftmax) becomes
-Reshape [N, D] -> [N, D, 1, 1], a 1x1 LutConv, Flatten back to [N, M].
+Reshape [N, D] -> [N, D, 1, 1], a 1x1 LutConv, Reshape back to [N, M].
 
 Priority masking (--keep-exact P, a fraction of the units, or --min-cosine c
 on the model's output). A unit is one layer (mask_unit="layer") or one
@@ -93,19 +93,25 @@ def lut_layer_node(node: gs.Node, fits: list[tc.LutFit], weight_shape, prefix: s
 
 
 def lut_classifier_nodes(node: gs.Node, fit: tc.LutFit, d: int, prefix: str) -> list[gs.Node]:
-    """Reshape [N, D] -> [N, D, 1, 1], a 1x1 LutConv named like `node`, Flatten to [N, M],
+    """Reshape [N, D] -> [N, D, 1, 1], a 1x1 LutConv named like `node`, Reshape to [N, M],
     taking over `node`'s (a Gemm or MatMul) output."""
-    x4 = gs.Variable(f"{prefix}.x4d", dtype=np.float32)
-    y4 = gs.Variable(f"{prefix}.y4d", dtype=np.float32)
-    # 0 copies N from the input, so any batch size works
-    shape = gs.Constant(f"{prefix}.shape4d", np.array([0, d, 1, 1], np.int64))
-    reshape = gs.Node("Reshape", name=f"{node.name}.to4d", inputs=[node.inputs[0], shape], outputs=[x4])
+    # The batch dimension is stated (the output's, e.g. "N"): ONNX Runtime's inference leaves it
+    # unknown after a Flatten, and LutConv's shape inference then writes it as -1, which ORT
+    # compares with the real batch on every run (a warning per run).
+    y_shape = node.outputs[0].shape
+    batch = y_shape[0] if y_shape is not None and len(y_shape) == 2 else None
+    x4 = gs.Variable(f"{prefix}.x4d", dtype=np.float32, shape=None if batch is None else [batch, d, 1, 1])
+    y4 = gs.Variable(f"{prefix}.y4d", dtype=np.float32,
+                     shape=None if batch is None else [batch, fit.tables.shape[2], 1, 1])
+    # 0 copies N from the input, so any batch size works.
+    shape4 = gs.Constant(f"{prefix}.shape4d", np.array([0, d, 1, 1], np.int64))
+    shape2 = gs.Constant(f"{prefix}.shape2d", np.array([0, fit.tables.shape[2]], np.int64))
+    reshape = gs.Node("Reshape", name=f"{node.name}.to4d", inputs=[node.inputs[0], shape4], outputs=[x4])
     lut = gs.Node("LutConv", name=node.name, domain=DOMAIN, inputs=[x4] + _lut_inputs([fit], prefix), outputs=[y4],
                   attrs={"kernel_shape": [1, 1], "in_channels": d, "encoder": fit.encoder})
-    flatten = gs.Node("Flatten", name=f"{node.name}.to2d", attrs={"axis": 1}, inputs=[y4],
-                      outputs=list(node.outputs))
+    back = gs.Node("Reshape", name=f"{node.name}.to2d", inputs=[y4, shape2], outputs=list(node.outputs))
     node.outputs.clear()
-    return [reshape, lut, flatten]
+    return [reshape, lut, back]
 
 
 def find_classifier(graph: gs.Graph) -> tuple[gs.Node | None, str]:
