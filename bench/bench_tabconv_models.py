@@ -2,13 +2,15 @@
 photo crops) against arithmetic work and latency, beside TabConv's published
 MNIST rows, with ORT fp32 and ORT INT8 (QDQ per-channel) as peers.
 
-Per setting (codebook size S, priority masking): the model is rewritten with
+Per setting (codebook size S, priority masking, optionally the classifier and
+masking by residual block): the model is rewritten with
 --method tabconv (tree encoder, 8-bit tables unless --bits 32), then
 
 - accuracy on held-out digits (or top-1 / top-5 agreement and logit cosine
   with the fp32 model on photo crops),
-- arithmetic work of the Conv layers at batch 1, counted honestly: the
-  original's MACs (2 operations each: multiply, add) against, for every
+- arithmetic work of the Conv layers and the final classifier (Gemm/MatMul)
+  at batch 1, counted honestly: the original's MACs (2 operations each:
+  multiply, add) against, for every
   rewritten layer, the encoder's comparisons, one addition per table lookup
   (C per output: C-1 between entries plus the bias), one multiply per output
   for the 8-bit scale, plus the MACs of the layers kept exact; lookups
@@ -21,7 +23,7 @@ MNIST 98.9% fewer arithmetic operations, keeping over 93% of the original
 accuracy; its count does not charge the encoding in full.
 
     python bench/bench_tabconv_models.py --model models/digits_cnn.onnx
-    python bench/bench_tabconv_models.py --model models/resnet18_mnist.onnx --settings 9:0 18:0 9:0.2
+    python bench/bench_tabconv_models.py --model models/resnet18_mnist.onnx --settings 9:0 18:0 9:0.2 9:0:fc
     python bench/bench_tabconv_models.py --model models/mobilenet_v2.onnx --dataset photos --settings 9:c0.99
 """
 
@@ -58,23 +60,56 @@ PAPER = {"resnet18_mnist": "99.4% fewer ops, >93% of accuracy kept", "nin_mnist"
 
 
 def parse_setting(text: str) -> dict:
-    """'S:P' (subspace S, keep-exact fraction P) or 'S:cX' (min cosine X)."""
-    s, _, mask = text.partition(":")
+    """'S:P' (subspace S, keep-exact fraction P) or 'S:cX' (min cosine X), then optional ':fc'
+    (the classifier too), ':block' (mask by residual block), ':rX' (fixed ridge X)."""
+    s, _, rest = text.partition(":")
+    mask, *flags = rest.split(":") if rest else [""]
     out = {"subspace": int(s)}
     if mask.startswith("c"):
         out["min_cosine"] = float(mask[1:])
     elif mask and float(mask) > 0:
         out["keep_exact"] = float(mask)
+    for flag in flags:
+        if flag == "fc":
+            out["classifier"] = True
+        elif flag == "block":
+            out["mask_unit"] = "block"
+        elif flag.startswith("r"):
+            out["ridge"] = float(flag[1:])
+        else:
+            raise SystemExit(f"unknown setting flag {flag!r} in {text!r}")
     return out
 
 
-def work(report, macs_before: int, bits: int) -> dict:
-    """Arithmetic operations at batch 1 (see the module doc)."""
+def setting_label(opts: dict) -> str:
+    return (f"tabconv S={opts['subspace']}" + (f" keep {opts['keep_exact']:.0%}" if "keep_exact" in opts else "")
+            + (f" cos>={opts['min_cosine']}" if "min_cosine" in opts else "")
+            + (" +fc" if opts.get("classifier") else "") + (" by block" if opts.get("mask_unit") == "block" else "")
+            + (f" ridge {opts['ridge']:g}" if "ridge" in opts else ""))
+
+
+def classifier_macs(model) -> int:
+    """MACs of the final Gemm/MatMul at batch 1 (0 when the output does not come from one)."""
+    from onnxcompress.analysis import inferred_shapes
+    from onnxcompress.graph import to_graph
+    from onnxcompress.passes.tabconv import classifier_constants, find_classifier
+
+    node, _ = find_classifier(to_graph(model))
+    if node is None:
+        return 0
+    got, _ = classifier_constants(node, inferred_shapes(model))
+    return int(got[0].size) if got else 0
+
+
+def work(report, macs_before: int, fc_macs: int, bits: int) -> dict:
+    """Arithmetic operations at batch 1 (see the module doc); macs_before: the Conv layers'."""
     ops = lookups = 0
     table_bytes = weight_bytes = 0
+    fc_counted = False
     for r in report.layers:
         macs = r.get("macs") or 0
         w = r.get("work")
+        fc_counted |= bool(r.get("classifier"))
         if r["status"] == "rewritten" and w:
             outputs = w["dequant_mults"]  # one per output value
             ops += w["encoder_comparisons"] + 2 * w["encoder_macs"] + w["additions"] + (outputs if bits == 8 else 0)
@@ -83,8 +118,11 @@ def work(report, macs_before: int, bits: int) -> dict:
             weight_bytes += r["weight_bytes"]
         else:
             ops += 2 * macs
-    return {"ops_after": ops, "ops_before": 2 * macs_before, "lookups": lookups,
-            "fewer_ops": 1 - ops / max(2 * macs_before, 1), "table_bytes": table_bytes,
+    if not fc_counted:
+        ops += 2 * fc_macs  # the classifier stayed exact
+    before = 2 * (macs_before + fc_macs)
+    return {"ops_after": ops, "ops_before": before, "lookups": lookups,
+            "fewer_ops": 1 - ops / max(before, 1), "table_bytes": table_bytes,
             "replaced_weight_bytes": weight_bytes}
 
 
@@ -127,6 +165,7 @@ def main() -> None:
         x_test = photo_crops(args.eval_limit or 256, seed=2)
     feeds = [{name: calib[i:i + 16]} for i in range(0, len(calib), 16)]
     macs = sum(c.macs or 0 for c in analyse_convs(original))
+    fc_macs = classifier_macs(original)
     fp32 = prepare_for_runtime(original).SerializeToString()
 
     def quality(model) -> dict:
@@ -141,12 +180,12 @@ def main() -> None:
         from peer_table import logits
 
         ref_logits = logits(fp32, x_test)
-    rows = [{"variant": "ORT fp32", "model": fp32, **quality(fp32), "fewer_ops": 0.0, "ops_after": 2 * macs,
-             "rewritten": 0}]
+    rows = [{"variant": "ORT fp32", "model": fp32, **quality(fp32), "fewer_ops": 0.0,
+             "ops_after": 2 * (macs + fc_macs), "rewritten": 0}]
     int8 = int8_model(args.model, calib, name)
     if int8 is not None:
         rows.append({"variant": "ORT int8 QDQ", "model": int8, **quality(int8), "fewer_ops": float("nan"),
-                     "ops_after": 2 * macs, "rewritten": 0, "note": "int8 MACs"})
+                     "ops_after": 2 * (macs + fc_macs), "rewritten": 0, "note": "int8 MACs"})
     for text in args.settings:
         opts = parse_setting(text)
         t0 = time.perf_counter()
@@ -154,9 +193,8 @@ def main() -> None:
                                calib_rows=args.calib_rows, **opts)
         fit_s = time.perf_counter() - t0
         model = prepare_for_runtime(out).SerializeToString()
-        w = work(report, macs, args.bits)
-        label = f"tabconv S={opts['subspace']}" + (f" keep {opts['keep_exact']:.0%}" if "keep_exact" in opts else "") \
-            + (f" cos>={opts['min_cosine']}" if "min_cosine" in opts else "")
+        w = work(report, macs, fc_macs, args.bits)
+        label = setting_label(opts)
         rows.append({"variant": label, "model": model, **quality(model), **w,
                      "rewritten": report.totals["rewritten"], "fit_seconds": fit_s, "notes": report.notes,
                      "layers": report.layers})
@@ -169,7 +207,7 @@ def main() -> None:
     qcols = ["top1"] if args.dataset == "mnist" else ["top1", "top5", "cosine"]
     base_q = rows[0]["top1"]
     headers = ["variant", "layers"] + (["top-1", "kept"] if args.dataset == "mnist" else
-                                       ["top-1 agree", "top-5 agree", "cosine"]) + ["fewer ops", "lookups (M)"]
+                                       ["top-1 agree", "top-5 agree", "cosine"]) + ["ops (M)", "fewer ops", "lookups (M)"]
     for t in args.threads:
         headers += [f"ms {t}T", f"x {t}T"]
     table = []
@@ -177,7 +215,7 @@ def main() -> None:
         line = [r["variant"], r["rewritten"]] + [r[q] for q in qcols]
         if args.dataset == "mnist":
             line.append(f"{r['top1'] / base_q:.1%}")
-        line += [f"{r['fewer_ops']:.1%}" if r["fewer_ops"] == r["fewer_ops"] else "-",
+        line += [f"{r['ops_after'] / 1e6:.2f}", f"{r['fewer_ops']:.1%}" if r["fewer_ops"] == r["fewer_ops"] else "-",
                  f"{r.get('lookups', 0) / 1e6:.2f}"]
         for t in args.threads:
             line += [r[f"ms_{t}t"], r[f"speedup_{t}t"]]

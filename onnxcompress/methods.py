@@ -143,7 +143,8 @@ def _tabconv(opts: dict[str, Any]) -> list[Pass]:
         codebooks=opts["codebooks"], subspace=opts["subspace"], prototypes=opts["prototypes"],
         encoder=opts["encoder"], table_bits=opts["table_bits"], keep_exact=opts["keep_exact"],
         min_cosine=opts["min_cosine"], ridge=opts["ridge"], calib_rows=opts["calib_rows"], seed=opts["seed"],
-        allow_dynamic_weights=opts["allow_dynamic_weights"])]
+        allow_dynamic_weights=opts["allow_dynamic_weights"], classifier=opts["classifier"],
+        mask_unit=opts["mask_unit"])]
 
 
 METHODS["tabconv"] = Method(
@@ -160,7 +161,13 @@ METHODS["tabconv"] = Method(
                "first (priority masking)"),
         Option("min_cosine", float, None, "tabconv: keep the most harmful layers exact until the model output's "
                "cosine to the exact model on the calibration data reaches this"),
-        Option("ridge", float, 1e-3, "tabconv: relative ridge of the table least-squares fit"),
+        Option("mask_unit", str, "layer", "tabconv: what priority masking measures and keeps exact: single layers "
+               "or whole residual blocks (the Conv layers between an Add and the point its two inputs branch from)",
+               choices=("layer", "block")),
+        Option("classifier", bool, False, "tabconv: approximate the final classifier (the Gemm or MatMul with a "
+               "constant 2-D weight computing the output) as a 1x1 LutConv too", is_flag=True),
+        Option("ridge", float, None, "tabconv: fixed relative ridge of the table least-squares fit (default: "
+               "chosen per layer from 1e-4..1 on 20% of the calibration inputs held out)"),
         CALIB_ROWS,
         SEED,
     ),

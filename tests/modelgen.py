@@ -85,3 +85,25 @@ def small_resnet(seed: int = 0, weight_nodes: bool = False, channels: int = 8) -
     w = b.const((b.rng.standard_normal((10, 2 * c)) * 0.3).astype(np.float32))
     logits = b.op("Gemm", [x, w, b.const(np.zeros(10, np.float32))], transB=1)
     return b.model(["N", 3, 16, 16], [logits])
+
+
+def two_block_resnet(seed: int = 0, channels: int = 8) -> tuple[onnx.ModelProto, dict[str, list[str]]]:
+    """A stem Conv, an identity residual block, a strided block with a 1x1 projection shortcut,
+    GAP and Gemm. Returns the model and {"stem": [conv], <Add name>: [the block's convs]}."""
+    b = Builder(seed)
+    c = channels
+    stem = b.conv("input", 3, c, pads=[1, 1, 1, 1])
+    x = b.relu(stem)
+    a1 = b.conv(x, c, c, pads=[1, 1, 1, 1])
+    a2 = b.conv(b.relu(a1), c, c, pads=[1, 1, 1, 1])
+    add1 = b.op("Add", [x, a2])
+    x = b.relu(add1)
+    p1 = b.conv(x, c, 2 * c, pads=[1, 1, 1, 1], strides=[2, 2])
+    p2 = b.conv(b.relu(p1), 2 * c, 2 * c, pads=[1, 1, 1, 1])
+    proj = b.conv(x, c, 2 * c, k=1, strides=[2, 2])
+    add2 = b.op("Add", [proj, p2])
+    x = b.relu(add2)
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x])])
+    w = b.const((b.rng.standard_normal((10, 2 * c)) * 0.3).astype(np.float32))
+    logits = b.op("Gemm", [x, w, b.const(np.zeros(10, np.float32))], transB=1)
+    return b.model(["N", 3, 16, 16], [logits]), {"stem": [stem], add1: [a1, a2], add2: [p1, p2, proj]}

@@ -30,7 +30,10 @@ Tables:
   model's output, with X taken from the model approximated so far), bias free
   (centred), so the output mean is corrected. This is MADDNESS's ridge refit
   done on the output instead of on the prototypes: it sees the layer's weights
-  only through Y.
+  only through Y. fit_tables_ridge_holdout chooses the ridge per layer: fit
+  on 80% of the calibration inputs for each ridge of a small grid, keep the
+  one with the least error on the other 20%, refit on all rows with it (small
+  calibration sets otherwise over-fit the C*K*M table entries).
 - tables_from_prototypes: T[c, k, o] = <prototype(c, k), W_c[:, o]>, the
   plain product quantisation table, with the bias corrected to the target's
   output mean (bias_correction); used when C*K is too large for the ridge.
@@ -50,7 +53,8 @@ import numpy as np
 
 __all__ = [
     "TREE_DEPTH", "TREE_K", "codebook_layout", "pad_columns", "fit_kmeans_prototypes", "encode_exhaustive",
-    "fit_tree_encoder", "encode_tree", "bucket_prototypes", "fit_tables_ridge", "tables_from_prototypes",
+    "fit_tree_encoder", "encode_tree", "bucket_prototypes", "fit_tables_ridge", "holdout_split",
+    "fit_tables_ridge_holdout", "DEFAULT_RIDGE", "RIDGE_GRID", "tables_from_prototypes",
     "lut_output", "quantize_tables", "dequantize_tables", "bias_correction", "cosine", "LutFit", "fit_lut_layer",
     "lut_costs",
 ]
@@ -291,6 +295,35 @@ def _onehot(codes: np.ndarray, k: int):
     return sparse.csr_matrix((np.ones(n * c), (rows, cols)), shape=(n, c * k))
 
 
+def _ridge_moments(codes: np.ndarray, k: int, y: np.ndarray) -> tuple:
+    """Uncentred moments of the one-hot design: (G^T G dense, G^T y, column sums of G, sum of y, rows)."""
+    g = _onehot(codes, k)
+    return ((g.T @ g).toarray(), np.asarray(g.T @ y), np.asarray(g.sum(axis=0)).ravel(), y.sum(axis=0), len(codes))
+
+
+def _add_moments(a: tuple, b: tuple) -> tuple:
+    return tuple(u + v for u, v in zip(a, b))
+
+
+def _solve_ridge(moments: tuple, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """(T [C*K, M], bias [M]) of the centred ridge problem given by the uncentred moments."""
+    gtg, gty, gsum, ysum, n = moments
+    n = max(n, 1)
+    mu, my = gsum / n, ysum / n
+    gram = gtg - n * np.outer(mu, mu)
+    rhs = gty - n * np.outer(mu, my)
+    lam = ridge * float(np.mean(np.diag(gram)))
+    lam = lam if lam > 0 else 1e-12
+    a = gram + lam * np.eye(len(gram))
+    try:
+        from scipy.linalg import solve
+
+        t = solve(a, rhs, assume_a="pos", check_finite=False)  # Cholesky: the matrix is SPD
+    except Exception:
+        t = np.linalg.lstsq(a, rhs, rcond=None)[0]
+    return t, my - mu @ t
+
+
 def fit_tables_ridge(codes: np.ndarray, k: int, y: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """(T [C, K, M], bias [M]) float64 minimising ||onehot(codes) T + bias - y||^2 + lam ||T||^2.
 
@@ -298,24 +331,60 @@ def fit_tables_ridge(codes: np.ndarray, k: int, y: np.ndarray, ridge: float = 1e
     equals y's on these rows. lam = ridge * mean(diag) of the centred Gram matrix.
     """
     codes = np.asarray(codes)
-    n, c = codes.shape
-    y = np.asarray(y, np.float64)
-    g = _onehot(codes, k)
-    mu = np.asarray(g.mean(axis=0)).ravel()
-    my = y.mean(axis=0)
-    gram = (g.T @ g).toarray() - n * np.outer(mu, mu)
-    rhs = np.asarray(g.T @ y) - n * np.outer(mu, my)
-    lam = ridge * float(np.mean(np.diag(gram))) if n else ridge
-    lam = lam if lam > 0 else 1e-12
-    a = gram + lam * np.eye(c * k)
-    try:
-        from scipy.linalg import solve
+    t, bias = _solve_ridge(_ridge_moments(codes, k, np.asarray(y, np.float64)), ridge)
+    return t.reshape(codes.shape[1], k, -1), bias
 
-        t = solve(a, rhs, assume_a="pos", check_finite=False)  # Cholesky: the matrix is SPD
-    except Exception:
-        t = np.linalg.lstsq(a, rhs, rcond=None)[0]
-    bias = my - mu @ t
-    return t.reshape(c, k, -1), bias
+
+def holdout_split(n: int, holdout: float, groups: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """Boolean mask [n] of the held-out rows: a `holdout` fraction of the groups (rows of one
+    calibration input share a group; without groups every row is its own), drawn with the seed.
+    At least one group is held out and one kept; all False when there are fewer than 2 groups."""
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    ids = np.arange(n) if groups is None else np.asarray(groups)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} group ids for {n} rows")
+    uniq = np.unique(ids)
+    if len(uniq) < 2:
+        return np.zeros(n, bool)
+    count = min(max(1, int(round(holdout * len(uniq)))), len(uniq) - 1)
+    held = np.random.default_rng(seed).choice(uniq, size=count, replace=False)
+    return np.isin(ids, held)
+
+
+DEFAULT_RIDGE = 1e-3
+# Relative ridges tried when the ridge is chosen on held-out rows.
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+def fit_tables_ridge_holdout(codes: np.ndarray, k: int, y: np.ndarray, grid=RIDGE_GRID, holdout: float = 0.2,
+                             groups: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Ridge tables with the ridge chosen on held-out rows: fit on the kept rows for every
+    ridge of `grid`, take the one with the least squared error on the held-out rows (ties: the
+    first), refit on all rows with it. Returns (T [C, K, M], bias [M], info) with info = {"ridge":
+    chosen, "holdout_rel_error": {ridge: relative error}}. Fewer than 2 groups: the grid's
+    default ridge (1e-3), no selection."""
+    codes = np.asarray(codes)
+    y = np.asarray(y, np.float64)
+    c = codes.shape[1]
+    if not grid:
+        raise ValueError("the ridge grid is empty")
+    held = holdout_split(len(codes), holdout, groups, seed)
+    if not held.any():
+        t, b = fit_tables_ridge(codes, k, y, DEFAULT_RIDGE)
+        return t, b, {"ridge": DEFAULT_RIDGE, "holdout_rel_error": {}}
+    train = _ridge_moments(codes[~held], k, y[~held])
+    test = _ridge_moments(codes[held], k, y[held])
+    g_test = _onehot(codes[held], k)
+    y_test = y[held]
+    norm = max(float(np.sum((y_test - y_test.mean(axis=0)) ** 2)), 1e-300)
+    errors = {}
+    for r in grid:
+        t, b = _solve_ridge(train, r)
+        errors[float(r)] = float(np.sum((np.asarray(g_test @ t) + b - y_test) ** 2)) / norm
+    best = min(errors, key=errors.get)
+    t, b = _solve_ridge(_add_moments(train, test), best)
+    return t.reshape(c, k, -1), b, {"ridge": best, "holdout_rel_error": errors}
 
 
 def tables_from_prototypes(prototypes: np.ndarray, weight_rows: np.ndarray) -> np.ndarray:
@@ -393,12 +462,18 @@ class LutFit:
 
 
 def fit_lut_layer(x: np.ndarray, y: np.ndarray, weight_rows: np.ndarray | None, bias: np.ndarray | None = None, *,
-                  codebooks: int, k: int = 16, encoder: str = "tree", table_bits: int = 8, ridge: float = 1e-3,
-                  per_channel_scale: bool = False, seed: int = 0, encoder_rows: int | None = 4096,
-                  table_rows: int | None = 65536) -> LutFit:
+                  codebooks: int, k: int = 16, encoder: str = "tree", table_bits: int = 8,
+                  ridge: float | None = DEFAULT_RIDGE, groups: np.ndarray | None = None, ridge_grid=RIDGE_GRID,
+                  holdout: float = 0.2, per_channel_scale: bool = False, seed: int = 0,
+                  encoder_rows: int | None = 4096, table_rows: int | None = 65536) -> LutFit:
     """Fits one group of a layer: x [N, D] its im2col rows (as computed by the model
     approximated so far), y [N, M] the target output (the original model's), weight_rows
     [M, D] the exact weights (used for prototype tables when C*K is too large).
+
+    ridge: the tables' relative ridge, or None to choose it from ridge_grid on a held-out
+    `holdout` fraction of the rows (fit_tables_ridge_holdout; groups [N]: which calibration
+    input each row comes from, so that whole inputs are held out, not neighbouring pixels
+    of a kept one). The encoder is fitted on all rows either way.
     """
     if encoder not in ("tree", "exhaustive"):
         raise ValueError(f"encoder must be 'tree' or 'exhaustive', got {encoder!r}")
@@ -406,12 +481,17 @@ def fit_lut_layer(x: np.ndarray, y: np.ndarray, weight_rows: np.ndarray | None, 
         raise ValueError(f"table_bits must be 8 or 32, got {table_bits}")
     if encoder == "tree" and k != TREE_K:
         raise ValueError(f"the tree encoder has K = {TREE_K} prototypes, got K = {k}")
+    if ridge is not None and ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float64)
+    if groups is not None and len(groups) != len(x):
+        raise ValueError(f"{len(groups)} group ids for {len(x)} rows")
     c, s = codebook_layout(x.shape[1], codebooks)
     rng = np.random.default_rng(seed)
     keep = _subsample(len(x), table_rows, rng)
     xt, yt = (x, y) if keep is None else (x[keep], y[keep])
+    gt = None if groups is None else (np.asarray(groups) if keep is None else np.asarray(groups)[keep])
     dims = thr = protos = None
     if encoder == "tree":
         dims, thr = fit_tree_encoder(xt, c, seed=seed, max_rows=encoder_rows)
@@ -419,8 +499,13 @@ def fit_lut_layer(x: np.ndarray, y: np.ndarray, weight_rows: np.ndarray | None, 
     else:
         protos = fit_kmeans_prototypes(xt, c, k, seed=seed, max_rows=encoder_rows)
         codes = encode_exhaustive(xt, protos)
+    info: dict = {"ridge": None}
     if c * k <= MAX_RIDGE_UNKNOWNS:
-        tables, b = fit_tables_ridge(codes, k, yt, ridge)
+        if ridge is None:
+            tables, b, info = fit_tables_ridge_holdout(codes, k, yt, ridge_grid, holdout, gt, seed)
+        else:
+            tables, b = fit_tables_ridge(codes, k, yt, ridge)
+            info = {"ridge": float(ridge)}
         table_fit = "ridge"
     else:
         if weight_rows is None:
@@ -444,7 +529,10 @@ def fit_lut_layer(x: np.ndarray, y: np.ndarray, weight_rows: np.ndarray | None, 
         "fit_cosine": cosine(pred, yt),
         "fit_rel_error": float(np.linalg.norm(pred - yt) / max(np.linalg.norm(yt), 1e-30)),
         "codes_used": float(np.mean([len(np.unique(codes[:, j])) for j in range(c)])),
+        "ridge": info["ridge"],
     }
+    if info.get("holdout_rel_error"):
+        stats["holdout_rel_error"] = info["holdout_rel_error"][info["ridge"]]
     return LutFit(encoder, c, s, k, dims, thr, protos, tables, scale, b.astype(np.float32), table_fit, stats)
 
 
