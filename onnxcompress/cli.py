@@ -120,6 +120,8 @@ def _print_report(report):
     click.echo(f"{t['rewritten']} of {t['conv_layers']} Conv rewritten ({t['skipped']} left alone); "
                f"Conv MACs at batch 1: {t['conv_macs']:,}; initializer bytes {t['initializer_bytes_before']:,} -> "
                f"{t['initializer_bytes_after']:,}")
+    if t.get("other_rewritten"):
+        click.echo(f"also rewritten: {t['other_rewritten']} non-Conv node(s) (the classifier)")
     if "conv_macs_on_nonzero_inputs" in t:
         click.echo(f"MACs on non-zero inputs (what skipping leaves): {t['conv_macs_on_nonzero_inputs']:,} "
                    f"({t['conv_macs_on_nonzero_inputs'] / max(t['conv_macs'], 1):.1%})")

@@ -102,7 +102,8 @@ def _test_uint8() -> tuple[np.ndarray, np.ndarray, dict]:
     keep = np.array([img.tobytes() not in seen for img in x_npm])
     stats = {"n_npm": len(x_npm), "n_overlap": int((~keep).sum())}
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
+    # a name of this process's own: two processes building the cache at once must not share a file
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, x=x_npm[keep], y=y_npm[keep], **stats)
     os.replace(tmp, cache)
     return x_npm[keep], y_npm[keep], stats

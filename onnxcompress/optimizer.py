@@ -68,10 +68,14 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
 
     macs = sum(c.macs or 0 for c in before)
     rewritten = [r for r in report.layers if r["status"] == "rewritten"]
+    # Conv counts only: a pass may also report other nodes (tabconv's --classifier: a Gemm/MatMul)
+    conv_rows = [r for r in report.layers if r["name"] in info]
+    conv_rewritten = sum(r["status"] == "rewritten" for r in conv_rows)
     report.totals = {
         "conv_layers": len(before),
-        "rewritten": len(rewritten),
-        "skipped": len(report.layers) - len(rewritten),
+        "rewritten": conv_rewritten,
+        "skipped": len(conv_rows) - conv_rewritten,
+        "other_rewritten": len(rewritten) - conv_rewritten,
         "conv_macs": macs,
         "initializer_bytes_before": initializer_bytes(model),
         "initializer_bytes_after": initializer_bytes(out),

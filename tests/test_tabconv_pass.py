@@ -195,6 +195,10 @@ def test_classifier_in_a_cnn_is_fitted_and_masked(small):
         r["model_cosine_alone"] for r in ranked if r["status"] == "rewritten")
     test = feeds(n=1, batch=8, seed=9)[0]
     assert cosine(run(small, test), run(out, test)) > 0.9
+    # the totals count Conv nodes; the classifier is counted apart
+    t = report.totals
+    assert t["rewritten"] + t["skipped"] == t["conv_layers"]
+    assert t["other_rewritten"] == (row["status"] == "rewritten")
     # without --classifier the Gemm stays
     plain, plain_report = optimize(small, "tabconv", calib_feeds=feeds(n=2), subspace=4, calib_rows=500)
     assert "Gemm" in [n.op_type for n in plain.graph.node]
