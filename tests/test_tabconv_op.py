@@ -12,67 +12,15 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcompress.calibration.im2col import conv_geometry, im2col, rows_to_nchw
 from onnxcompress.fitting import tabconv as tc
-from ophelpers import DOMAIN, ISAS  # noqa: E402
-
-def library_path() -> str:
-    env = os.environ.get("ONNXCOMPRESS_LIBRARY")
-    if env:
-        return env
-    import onnxcompress
-
-    return onnxcompress.get_library_path()
-
-
-def cpu_isas() -> list[str]:
-    isas = ["generic"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if "avx2" in flags and "fma" in flags:
-        isas.append("avx2")
-    if all(x in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
-        isas.append("avx512")
-    return isas
-
-
-def session(model: onnx.ModelProto, isa: str | None = None, threads: int = 2) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.register_custom_ops_library(library_path())
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    old = os.environ.get("ONNXCOMPRESS_ISA")
-    if isa is not None:
-        os.environ["ONNXCOMPRESS_ISA"] = isa
-    try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    finally:
-        if isa is not None:
-            if old is None:
-                del os.environ["ONNXCOMPRESS_ISA"]
-            else:
-                os.environ["ONNXCOMPRESS_ISA"] = old
-
-
-def make_model(nodes, inits) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "C", "H", "W"])
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
-    model.ir_version = 9
-    return model
-
+from ophelpers import DOMAIN, ISAS, make_model, session  # noqa: E402
 
 CONV_KEYS = ("auto_pad", "pads", "strides", "dilations", "group")
 
