@@ -407,7 +407,7 @@ def option_errors(weight: np.ndarray, bias: np.ndarray | None, moments: list[Gro
                 err += float(np.sum((C @ HB) * C) - 2 * np.sum(C * GB.T)) + centred
             return max(err, 0.0) / max(energy, 1e-300)
 
-        points = [0.0] + [a for a in ERROR_ANCHORS if a > 0]
+        points = [0.0, *ERROR_ANCHORS]
         errs = [error(np.ones_like(saliency, bool))] + [error(prune_mask(saliency, a)) for a in points[1:]]
         log.debug("penni option errors d=%d: %s", d, np.round(errs, 4).tolist())
         out[i] = np.exp(np.interp(grid, points, np.log(np.maximum(errs, 1e-12))))

@@ -150,7 +150,8 @@ class PenniRewrite(Pass):
         return fit.group_moments(moments), moments.geometry
 
     # ------------------------------------------------------------------ allocation
-    def _allocate(self, model: onnx.ModelProto, layers: list[dict], merged, ctx: PassContext) -> None:
+    def _allocate(self, model: onnx.ModelProto, layers: list[dict], original: LayerCapture | None, merged,
+                  ctx: PassContext) -> None:
         """Per-layer d and coefficient sparsity for the model-wide --mac-reduction: error estimates
         (fitting.penni.option_errors, on the original model's calibration moments when there are
         feeds) against MACs, allocated by the Lagrangian of fitting.allocation."""
@@ -163,8 +164,7 @@ class PenniRewrite(Pass):
         fixed = sum(c.macs for c in infos.values() if c.name not in names)
         budget = (1.0 - self.mac_reduction) * total - fixed
         ranks = list(range(1, (self.bases or 5) + 1))
-        original = LayerCapture(model) if merged else None
-        errors, costs = [], []
+        errors, costs, options = [], [], []
         for layer in layers:
             m, cg, kh, kw = layer["weight"].shape
             ok = [d for d in ranks if d <= kh * kw]
@@ -174,14 +174,14 @@ class PenniRewrite(Pass):
             err = fit.option_errors(layer["weight"], layer["bias"], moments, ok, ridge=self.ridge, seed=self.seed)
             pixels = infos[layer["name"]].macs // (m * cg * kh * kw)
             cost = fit.option_costs(cg * layer["group"], m, layer["group"], (kh, kw), pixels, ok)
-            layer["_options"] = [(d, s) for d in ok for s in fit.SPARSITY_GRID]
+            options.append([(d, s) for d in ok for s in fit.SPARSITY_GRID])  # the order of err.ravel()
             log.info("penni allocation: error estimates of %s (d <= %d) done", layer["name"], ok[-1])
             errors.append(err.ravel())
             costs.append(cost.ravel())
         choice = allocation.allocate(errors, costs, budget)
         spent = fixed + sum(c[i] for c, i in zip(costs, choice))
-        for layer, i, e in zip(layers, choice, errors):
-            layer["bases"], layer["sparsity"] = layer.pop("_options")[i]
+        for layer, i, e, opts in zip(layers, choice, errors, options):
+            layer["bases"], layer["sparsity"] = opts[i]
             layer["estimated_error"] = float(e[i])
         note = (f"penni: --mac-reduction {self.mac_reduction:.3f} allocated over {len(layers)} layers: "
                 f"{spent / total:.4f} of {total} Conv MACs planned (every basis map counted)")
@@ -249,9 +249,9 @@ class PenniRewrite(Pass):
 
         current = model
         merged = _merge_feeds(feeds) if feeds else None
-        if self.mac_reduction is not None:
-            self._allocate(model, layers, merged, ctx)
         original = LayerCapture(model) if merged else None
+        if self.mac_reduction is not None:
+            self._allocate(model, layers, original, merged, ctx)
         for layer in layers:
             geometry = None
             if merged:

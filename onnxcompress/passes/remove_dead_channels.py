@@ -23,7 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import DOMAIN
-from ..graph import constant_value, to_graph, to_model
+from ..graph import constant_value, is_omitted, to_graph, to_model
 from .base import CONV_REWRITTEN, Pass, PassContext, PassResult
 
 
@@ -37,13 +37,12 @@ def _basis_conv(node: gs.Node) -> bool:
 
 def _parameters(node: gs.Node):
     """(bases, coefs, bias or None) of a BasisConv whose inputs are all constants, else None."""
-    values = [constant_value(t) for t in node.inputs[1:3]]
-    if any(v is None for v in values):
+    bases, coefs = (constant_value(t) for t in node.inputs[1:3])
+    bias_input = node.inputs[3] if len(node.inputs) > 3 and not is_omitted(node.inputs[3]) else None
+    bias = None if bias_input is None else constant_value(bias_input)
+    if bases is None or coefs is None or (bias_input is not None and bias is None):
         return None
-    bias = constant_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
-    if len(node.inputs) > 3 and node.inputs[3].name and bias is None:
-        return None
-    return values[0], values[1], bias
+    return bases, coefs, bias
 
 
 class RemoveDeadChannels(Pass):
