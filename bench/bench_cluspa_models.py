@@ -24,32 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onnxcompress.data import load_mnist_test, load_mnist_train  # noqa: E402
-from onnxcompress.evaluation import bench_models, evaluate_accuracy, open_session, run_session  # noqa: E402
-from onnxcompress.images import photo_crops  # noqa: E402
+from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
-
-
-def logits(model: bytes, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    session = open_session(model)
-    name = session.get_inputs()[0].name
-    return np.concatenate([run_session(session, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-
-
-def fidelity(reference: np.ndarray, scores: np.ndarray) -> dict:
-    ref_top1 = reference.argmax(1)
-    top5 = np.argsort(-scores, axis=1)[:, :5]
-    a, b = reference.astype(np.float64), scores.astype(np.float64)
-    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"top1": float(np.mean(scores.argmax(1) == ref_top1)),
-            "top5": float(np.mean(np.any(top5 == ref_top1[:, None], axis=1))), "cosine": float(np.mean(cos))}
+from _modelbench import eval_data, fidelity, logits  # noqa: E402
 
 
 def summary(report) -> dict:
@@ -83,15 +66,7 @@ def main() -> None:
     start = time.perf_counter()
     original = load_model(args.model)
     name = original.graph.input[0].name
-    if args.dataset == "mnist":
-        x_train, _ = load_mnist_train()
-        x_test, y_test = load_mnist_test()
-        if args.eval_limit:
-            x_test, y_test = x_test[:args.eval_limit], y_test[:args.eval_limit]
-        calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:args.calib]]
-    else:
-        calib = photo_crops(args.calib, seed=1)
-        x_test = photo_crops(args.eval_limit or 256, seed=2)
+    calib, x_test, y_test = eval_data(args.dataset, args.calib, args.eval_limit)
     feeds = [{name: calib[i:i + 32]} for i in range(0, len(calib), 32)]
     base = prepare_for_runtime(original).SerializeToString()
     reference = logits(base, x_test) if args.dataset == "photos" else None

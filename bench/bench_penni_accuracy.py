@@ -26,18 +26,11 @@ import onnx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onnxcompress.data import load_mnist_test, load_mnist_train  # noqa: E402
-from onnxcompress.evaluation import bench_models, evaluate_accuracy, open_session, run_session  # noqa: E402
-from onnxcompress.images import photo_crops  # noqa: E402
+from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
 from onnxcompress.model_io import prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
-
-
-def logits(model, x, batch=32):
-    session = open_session(model)
-    name = session.get_inputs()[0].name
-    return np.concatenate([run_session(session, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+from _modelbench import eval_data, logits  # noqa: E402
 
 
 def mac_totals(report) -> tuple[int, int, int, int]:
@@ -80,16 +73,10 @@ def main():
 
     original = onnx.load(str(args.model))
     name = original.graph.input[0].name
+    calib, x_test, y_test = eval_data(args.dataset, args.calib, args.eval_limit)
     if args.dataset == "mnist":
-        x_train, _ = load_mnist_train()
-        x_test, y_test = load_mnist_test()
-        if args.eval_limit:
-            x_test, y_test = x_test[:args.eval_limit], y_test[:args.eval_limit]
-        calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:args.calib]]
         base_quality = evaluate_accuracy(original, x_test, y_test).top1
     else:
-        calib = photo_crops(args.calib, seed=1)
-        x_test = photo_crops(args.eval_limit or 256, seed=2)
         reference = logits(original, x_test)
         base_quality = 1.0
     feeds = [{name: calib[i:i + 16]} for i in range(0, len(calib), 16)]

@@ -49,12 +49,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from onnxcompress.analysis import analyse_convs  # noqa: E402
-from onnxcompress.data import load_mnist_test, load_mnist_train  # noqa: E402
 from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
-from onnxcompress.images import photo_crops  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
+from _modelbench import eval_data, fidelity, logits  # noqa: E402
 
 PAPER = {"resnet18_mnist": "99.4% fewer ops, >93% of accuracy kept", "nin_mnist": "98.9% fewer ops, >93% kept"}
 
@@ -154,15 +153,7 @@ def main() -> None:
     start = time.perf_counter()
     original = load_model(args.model)
     name = original.graph.input[0].name
-    if args.dataset == "mnist":
-        x_train, _ = load_mnist_train()
-        x_test, y_test = load_mnist_test()
-        if args.eval_limit:
-            x_test, y_test = x_test[:args.eval_limit], y_test[:args.eval_limit]
-        calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:args.calib]]
-    else:
-        calib = photo_crops(args.calib, seed=1)
-        x_test = photo_crops(args.eval_limit or 256, seed=2)
+    calib, x_test, y_test = eval_data(args.dataset, args.calib, args.eval_limit)
     feeds = [{name: calib[i:i + 16]} for i in range(0, len(calib), 16)]
     macs = sum(c.macs or 0 for c in analyse_convs(original))
     fc_macs = classifier_macs(original)
@@ -171,14 +162,10 @@ def main() -> None:
     def quality(model) -> dict:
         if args.dataset == "mnist":
             return {"top1": evaluate_accuracy(model, x_test, y_test).top1}
-        from peer_table import fidelity, logits
-
         return fidelity(ref_logits, logits(model, x_test))
 
     ref_logits = None
     if args.dataset == "photos":
-        from peer_table import logits
-
         ref_logits = logits(fp32, x_test)
     rows = [{"variant": "ORT fp32", "model": fp32, **quality(fp32), "fewer_ops": 0.0,
              "ops_after": 2 * (macs + fc_macs), "rewritten": 0}]

@@ -31,12 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from onnxcompress.analysis import analyse_convs  # noqa: E402
-from onnxcompress.data import load_mnist_test, load_mnist_train  # noqa: E402
-from onnxcompress.evaluation import bench_models, evaluate_accuracy, open_session, run_session  # noqa: E402
-from onnxcompress.images import photo_crops  # noqa: E402
+from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
+from _modelbench import eval_data, fidelity, logits  # noqa: E402
 
 
 def int8_qdq(model_path: Path, calib: np.ndarray, input_name: str, workdir: Path) -> bytes:
@@ -118,23 +117,6 @@ def penni_variants(original, calib: np.ndarray, name: str, macs: int, bases: int
     return out
 
 
-def logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    session = open_session(model)
-    name = session.get_inputs()[0].name
-    return np.concatenate([run_session(session, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
-
-
-def fidelity(reference: np.ndarray, scores: np.ndarray) -> dict:
-    """Agreement of `scores` with the fp32 model's `reference` logits."""
-    ref_top1 = reference.argmax(1)
-    top5 = np.argsort(-scores, axis=1)[:, :5]
-    a, b = reference.astype(np.float64), scores.astype(np.float64)
-    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"top1": float(np.mean(scores.argmax(1) == ref_top1)),
-            "top5": float(np.mean(np.any(top5 == ref_top1[:, None], axis=1))),
-            "cosine": float(np.mean(cos))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "digits_cnn.onnx")
@@ -150,15 +132,7 @@ def main() -> None:
     out = args.out or REPO / "bench" / "results" / args.model.stem
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    if args.dataset == "mnist":
-        x_train, _ = load_mnist_train()
-        x_test, y_test = load_mnist_test()
-        if args.eval_limit:
-            x_test, y_test = x_test[:args.eval_limit], y_test[:args.eval_limit]
-        calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:args.calib]]
-    else:
-        calib = photo_crops(args.calib, seed=1)
-        x_test = photo_crops(args.eval_limit or 512, seed=2)  # disjoint seeds: calibration != evaluation
+    calib, x_test, y_test = eval_data(args.dataset, args.calib, args.eval_limit, photos=512)
     with tempfile.TemporaryDirectory() as tmp:
         rows = variants(args.model, calib, Path(tmp))
     reference = logits(rows[0]["model"], x_test) if args.dataset == "photos" else None
