@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _load(path: str):
     return load_model(path)
 
 
-from .inputs import DATASETS, dataset_arrays as _dataset  # noqa: E402
+from .inputs import DATASETS, DEFAULT_CALIB_LIMIT, dataset_arrays as _dataset  # noqa: E402
 
 
 def _feeds(model, data: str | None, random: int | None, seed: int, limit: int | None = None,
@@ -56,7 +57,7 @@ def _feeds(model, data: str | None, random: int | None, seed: int, limit: int | 
     if sum(bool(v) for v in (data, random, dataset)) > 1:
         raise OnnxCompressError("give one of --data, --dataset and --random")
     if dataset:
-        x, _ = _dataset(dataset, limit)
+        x, _ = _dataset(dataset, limit, seed, model)
         name = graph_inputs(model)[0][0]
         return [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
     if data:
@@ -82,22 +83,33 @@ def _method_options(command):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--method", type=click.Choice(sorted(METHODS)),
               default="falcon", show_default=True, help="The technique (see README).")
-@click.option("--calib", help="Calibration inputs: an .npz, a folder of images, 'mnist-train', 'mnist-test' or 'photos'.")
-@click.option("--calib-limit", type=int, default=64, show_default=True, help="At most this many calibration samples.")
+@click.option("--calib", help="Calibration inputs: an .npz, a folder of images, a dataset name "
+              f"({', '.join(DATASETS)}) or 'photos'. A seeded, shuffled sample is taken, "
+              "class-balanced where labels exist.")
+@click.option("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT, show_default=True,
+              help="Calibration samples to take (fewer if the source holds fewer).")
+@click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--verify", is_flag=True, help="Check the model with onnx.checker and ONNX Runtime after every pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @_method_options
-def optimize(model, output, method, calib, calib_limit, verify, report_path, **options):
+def optimize(model, output, method, calib, calib_limit, calib_seed, verify, report_path, **options):
     """Rewrite MODEL's Conv nodes and write the result to OUTPUT."""
-    from .inputs import calibration_feeds
+    from .inputs import calibration_sample
     from .model_io import has_external_data, save_model
-    from .optimizer import optimize as run_optimize
+    from .optimizer import CalibrationWarning, optimize as run_optimize
 
     if Path(output).resolve() == Path(model).resolve():
         raise OnnxCompressError(f"output {output} is the input model; choose another output path")
     proto = _load(model)
-    feeds = calibration_feeds(proto, calib, calib_limit) if calib else None
-    out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, **options)
+    feeds = None
+    if calib:
+        feeds, what = calibration_sample(proto, calib, calib_limit, seed=calib_seed)
+        click.echo(f"calibration: {what}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # printed from the report below
+        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, **options)
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
     save_model(out, output, input_path=model, external_data=True if has_external_data(model) else None)
     _print_report(report)
     if report_path:
@@ -127,6 +139,9 @@ def _print_report(report):
                    f"({t['conv_macs_on_nonzero_inputs'] / max(t['conv_macs'], 1):.1%})")
     for note in report.notes:
         click.echo(f"note: {note}")
+    if report.warnings:
+        click.echo(f"{len(report.warnings)} warning(s) (printed to stderr, kept in the report): "
+                   "check the written model on held-out data before using it")
 
 
 @main.command()
@@ -154,7 +169,8 @@ def inspect(model, as_json):
 @click.argument("model_a", type=click.Path(dir_okay=False))
 @click.argument("model_b", type=click.Path(dir_okay=False))
 @click.option("--data", type=click.Path(dir_okay=False), help="Inputs from an .npz (one array per model input).")
-@click.option("--dataset", type=click.Choice(DATASETS), help="Inputs from a bundled dataset (all of it, or --limit).")
+@click.option("--dataset", type=click.Choice(DATASETS),
+              help="Inputs from a bundled dataset (all of it, or a seeded class-balanced sample of --limit).")
 @click.option("--random", type=int, help="Compare on N random inputs (default 8 when no data is given).")
 @click.option("--limit", type=int, help="Use at most this many samples of --data/--dataset.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -180,7 +196,7 @@ def compare(model_a, model_b, data, dataset, random, limit, seed, threads, as_js
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--dataset", type=click.Choice(DATASETS), help="A bundled labelled dataset.")
 @click.option("--data", type=click.Path(dir_okay=False), help="Labelled .npz: inputs plus labels under 'y' or 'labels'.")
-@click.option("--limit", type=int, help="At most this many samples.")
+@click.option("--limit", type=int, help="A seeded class-balanced sample of this many (--dataset), or the first this many (--data).")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
@@ -190,11 +206,11 @@ def eval_command(model, dataset, data, limit, batch, threads, as_json):
 
     from .evaluation import evaluate_accuracy
 
-    _load(model)
+    proto = _load(model)
     if bool(dataset) == bool(data):
         raise OnnxCompressError("give exactly one of --dataset and --data")
     if dataset:
-        x, y = _dataset(dataset, limit)
+        x, y = _dataset(dataset, limit, 0, proto)
     else:
         try:
             with np.load(data, allow_pickle=False) as npz:
@@ -203,7 +219,12 @@ def eval_command(model, dataset, data, limit, batch, threads, as_json):
                 if labels is None or len(inputs) != 1:
                     raise OnnxCompressError(f"{data}: needs one input array and labels under 'y' or 'labels' "
                                             f"(found {npz.files})")
-                x, y = npz[inputs[0]][:limit], npz[labels][:limit].astype(np.int64)
+                x, y = npz[inputs[0]], npz[labels].astype(np.int64)
+            if limit is not None and limit < len(x) and len(y) == len(x):
+                from .sampling import balanced_indices
+
+                rows = balanced_indices(y, limit, seed=0)
+                x, y = x[rows], y[rows]
         except OSError as exc:
             raise OnnxCompressError(f"{data}: not a readable .npz ({exc})") from None
     acc = evaluate_accuracy(model, x.astype(np.float32), y, batch=batch, threads=threads, progress=not as_json)

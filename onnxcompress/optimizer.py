@@ -3,6 +3,7 @@ clean up; and the report of what was done, counted honestly."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,9 @@ from .errors import OnnxCompressError
 from .methods import resolve_options
 from .passes import EliminateDeadCode, FuseActivation, PassContext, PassManager, canonicalize
 
+class CalibrationWarning(UserWarning):
+    """The calibration data looks unrepresentative (see calibration/diagnostics.py)."""
+
 
 @dataclass
 class Report:
@@ -23,10 +27,12 @@ class Report:
     passes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # what check_calibration found, when calibration data was given
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
-                "notes": self.notes}
+                "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
 
 
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
@@ -52,9 +58,17 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
     manager = PassManager(build_pipeline(method, options), verify=verify)
     before = analyse_convs(model)
+    report = Report(method)
+    if calib_feeds:
+        from .calibration.diagnostics import check_calibration
+
+        check = check_calibration(model, calib_feeds)
+        report.calibration = check.as_dict()
+        report.warnings.extend(check.warnings)
+        for w in check.warnings:
+            warnings.warn(w, CalibrationWarning, stacklevel=2)
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
 
-    report = Report(method)
     report.passes = [vars(r) for r in ctx.runs]
     report.notes = list(ctx.notes)
     info = {c.name: c for c in before}
