@@ -135,8 +135,9 @@ def _print_report(report):
 def inspect(model, as_json):
     """One row per Conv of MODEL: shapes, geometry, MACs (batch 1), parameters, ReLU-fed input."""
     from .analysis import analyse_convs
+    from .passes.name_nodes import name_nodes
 
-    rows = analyse_convs(_load(model))
+    rows = analyse_convs(name_nodes(_load(model))[0])  # unnamed nodes shown as optimize names them
     total_macs = sum(r.macs or 0 for r in rows)
     total_params = sum(r.params for r in rows)
     if as_json:

@@ -14,6 +14,7 @@ from .analysis import analyse_convs, initializer_bytes
 from .errors import OnnxCompressError
 from .methods import resolve_options
 from .passes import EliminateDeadCode, FuseActivation, PassContext, PassManager, canonicalize
+from .passes.name_nodes import name_nodes
 
 
 @dataclass
@@ -51,7 +52,8 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
     manager = PassManager(build_pipeline(method, options), verify=verify)
-    before = analyse_convs(model)
+    # the layers as the pipeline will name them (its first pass, NameNodes, is deterministic)
+    before = analyse_convs(name_nodes(model)[0])
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
 
     report = Report(method)

@@ -33,9 +33,11 @@ from ..errors import OnnxCompressError
 from ..fitting import cluspa as fit
 from ..graph import to_graph, to_model, unique_name
 from .base import (
-    BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult,
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
 )
 from .conv_rewrite import conv_constants, make_custom_conv
+from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
 
@@ -73,7 +75,7 @@ def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> No
 
 class ClusteredSparseRewrite(Pass):
     name = "cluspa-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, clusters: int = 16, sparsity: float | None = None, weight_threshold: float | None = None,
@@ -204,6 +206,7 @@ class ClusteredSparseRewrite(Pass):
 
         shapes = inferred_shapes(model)
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         graph.toposort()
         layers = []
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
@@ -223,9 +226,6 @@ class ClusteredSparseRewrite(Pass):
                                bias_name=node.inputs[2].name if bias is not None else None))
         if not layers:
             return PassResult(model, False, "no eligible Conv")
-        names = [layer["name"] for layer in layers]
-        if len(set(names)) != len(names) or any(not n for n in names):
-            raise OnnxCompressError("cluspa needs unique, non-empty Conv node names (calibration finds layers by name)")
 
         feeds = ctx.options.get("calib_feeds")
         calibrated = bool(feeds) and not self.data_free

@@ -33,9 +33,11 @@ from ..fitting import allocation
 from ..fitting import penni as fit
 from ..graph import to_graph, to_model, unique_name
 from .base import (
-    BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult,
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
 )
 from .conv_rewrite import conv_constants, make_custom_conv
+from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
 
@@ -65,7 +67,7 @@ def _merge_feeds(feeds: list[dict[str, np.ndarray]], batch: int = 32) -> list[di
 
 class PenniRewrite(Pass):
     name = "penni-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, bases: int | None = None, energy: float | None = None, coef_sparsity: float | None = None,
@@ -233,6 +235,7 @@ class PenniRewrite(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         feeds = ctx.options.get("calib_feeds") if not self.data_free else None
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         graph.toposort()
         layers, records = [], {}
         order = []
