@@ -51,6 +51,12 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     m, opts = resolve_options(method, options)
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
+    if calib_feeds:
+        from .inputs import check_arrays, fit_to_model_batch
+
+        for feed in calib_feeds:
+            check_arrays(feed, model, "calibration input")
+        calib_feeds = fit_to_model_batch(model, list(calib_feeds))  # a fixed batch dim (exports with batch 1)
     manager = PassManager(build_pipeline(method, options), verify=verify)
     # the layers as the pipeline will name them (its first pass, NameNodes, is deterministic)
     before = analyse_convs(name_nodes(model)[0])

@@ -32,6 +32,7 @@ from ..calibration import LayerCapture, conv_attrs, conv_io_batches, conv_layer_
 from ..errors import OnnxCompressError
 from ..fitting import cluspa as fit
 from ..graph import to_graph, to_model, unique_name
+from ..inputs import merge_feeds
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
@@ -43,26 +44,6 @@ log = logging.getLogger("onnxcompress")
 
 CRITERIA = ("second-order", "magnitude")
 ALLOCATIONS = ("global", "uniform")
-
-
-def _batched_feeds(feeds: list[dict[str, np.ndarray]], batch: int = 32) -> list[dict[str, np.ndarray]]:
-    """Concatenates consecutive feeds (along axis 0) into batches of about `batch` samples."""
-    out, pending, count = [], [], 0
-    for f in feeds:
-        pending.append(f)
-        count += next(iter(f.values())).shape[0] if f else 1
-        if count >= batch:
-            out.append(pending)
-            pending, count = [], 0
-    if pending:
-        out.append(pending)
-    merged = []
-    for group in out:
-        try:
-            merged.append({k: np.concatenate([g[k] for g in group]) for k in group[0]})
-        except ValueError:  # shapes differ: keep them apart
-            merged.extend(group)
-    return merged
 
 
 def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
@@ -229,7 +210,7 @@ class ClusteredSparseRewrite(Pass):
 
         feeds = ctx.options.get("calib_feeds")
         calibrated = bool(feeds) and not self.data_free
-        batched = _batched_feeds(list(feeds)) if feeds else []
+        batched = merge_feeds(list(feeds), model=model) if feeds else []
         self._n_batches = max(1, len(batched))
         # Weights shared between Conv nodes would be fitted twice: give each its own copy first.
         shared = {}
