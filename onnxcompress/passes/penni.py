@@ -85,9 +85,9 @@ class PenniRewrite(Pass):
             raise OnnxCompressError(f"--basis-iterations must be >= 0, got {basis_iterations}")
         if calib_rows < 1:
             raise OnnxCompressError(f"--calib-rows must be >= 1, got {calib_rows}")
-        self.bases = bases if (bases is not None or energy is not None) else 5
+        self.bases = bases if (bases is not None or energy is not None) else fit.DEFAULT_BASES
         self.energy = energy
-        self.sparsity = 0.7 if coef_sparsity is None else float(coef_sparsity)
+        self.sparsity = fit.DEFAULT_COEF_SPARSITY if coef_sparsity is None else float(coef_sparsity)
         self.mac_reduction = mac_reduction
         self.criterion = criterion
         self.basis_iterations = basis_iterations
@@ -163,7 +163,7 @@ class PenniRewrite(Pass):
         names = {layer["name"] for layer in layers}
         fixed = sum(c.macs for c in infos.values() if c.name not in names)
         budget = (1.0 - self.mac_reduction) * total - fixed
-        ranks = list(range(1, (self.bases or 5) + 1))
+        ranks = list(range(1, (self.bases or fit.DEFAULT_BASES) + 1))
         errors, costs, options = [], [], []
         for layer in layers:
             m, cg, kh, kw = layer["weight"].shape
