@@ -46,27 +46,32 @@ def peak_rss_mib() -> float:
 
 
 def build(layers: int, channels: int, hw: int, seed: int = 0) -> onnx.ModelProto:
-    """Conv(3x3, channels -> channels) + Relu, `layers` times, then a global average pool."""
+    """Conv(3x3, channels -> channels) + Relu, `layers` times, then a global average pool.
+    The weights are written straight into the model's initializers (onnx.helper would copy
+    every tensor twice more), so the process holds about the model's size."""
     rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "input"
-    scale = np.float32(1.0 / np.sqrt(channels * 9))
+    nodes, x = [], "input"
     for i in range(layers):
-        w = rng.random((channels, channels, 3, 3), dtype=np.float32)
-        w -= np.float32(0.5)
-        w *= scale * np.float32(2.0)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        del w
-        inits.append(numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}"))
         nodes.append(helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]))
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
         x = f"r{i}"
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["output"], name="gap"))
     graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                                            [1, channels, hw, hw])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 1, 1])],
-                              inits)
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 1, 1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    scale = np.float32(2.0 / np.sqrt(channels * 9))
+    for i in range(layers):
+        w = rng.random((channels, channels, 3, 3), dtype=np.float32)
+        w -= np.float32(0.5)
+        w *= scale
+        t = model.graph.initializer.add()
+        t.name, t.data_type = f"w{i}", TensorProto.FLOAT
+        t.dims.extend(w.shape)
+        t.raw_data = w.tobytes()
+        del w
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(channels, np.float32), f"b{i}"))
     return model
 
 

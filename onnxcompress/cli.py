@@ -166,8 +166,12 @@ def _print_report(report):
                      r.get("input_zero_fraction"), note])
     click.echo(format_table(headers, rows))
     t = report.totals
+    macs = f"{t['conv_macs']:,}"
+    if t.get("conv_macs_unknown"):
+        macs = (f"unknown for {t['conv_macs_unknown']} layer(s) (symbolic shapes; `inspect --input-shape` counts "
+                f"them)" + (f", {macs} for the rest" if t["conv_macs"] else ""))
     click.echo(f"{t['rewritten']} of {t['conv_layers']} Conv rewritten ({t['skipped']} left alone); "
-               f"Conv MACs at batch 1: {t['conv_macs']:,}; initializer bytes {t['initializer_bytes_before']:,} -> "
+               f"Conv MACs at batch 1: {macs}; initializer bytes {t['initializer_bytes_before']:,} -> "
                f"{t['initializer_bytes_after']:,}")
     if t.get("other_rewritten"):
         click.echo(f"also rewritten: {t['other_rewritten']} non-Conv node(s) (the classifier)")

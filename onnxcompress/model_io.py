@@ -181,9 +181,11 @@ def save_model(
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        _usual_mode(tmp)
         if external_data:
             fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
+            _usual_mode(tmp_data)
             _write_with_external_data(model, Path(tmp), Path(tmp_data), data_name)
             os.replace(tmp_data, path.parent / data_name)  # the data first: the model never names a missing file
             tmp_data = None
@@ -200,6 +202,13 @@ def save_model(
             if leftover is not None and Path(leftover).exists():
                 Path(leftover).unlink()
     return path
+
+
+def _usual_mode(path) -> None:
+    """mkstemp makes files private (0600); a model file gets the mode any new file would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 _MARGIN = 64 << 20  # room for the graph beside the tensors

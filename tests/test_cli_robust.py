@@ -340,3 +340,21 @@ def test_mlxtend_is_a_core_dependency():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(d.startswith("mlxtend") for d in deps)
     assert any(d.replace(" ", "").startswith("onnx>=1.21") for d in deps)
+
+
+def test_optimize_counts_macs_at_the_calibration_shape():
+    from onnxcompress.optimizer import optimize
+
+    static = modelgen.small_resnet()
+    m = onnx.ModelProto()
+    m.CopyFrom(static)
+    m.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"]))
+    del m.graph.value_info[:]
+    _, free = optimize(m, "falcon", select="all")
+    assert free.totals["conv_macs_unknown"] == 6 and free.totals["conv_macs"] == 0
+    feeds = [{"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}]
+    _, calibrated = optimize(m, "falcon", select="all", calib_feeds=feeds)
+    _, ref = optimize(static, "falcon", select="all")
+    assert calibrated.totals["conv_macs_unknown"] == 0
+    assert calibrated.totals["conv_macs"] == ref.totals["conv_macs"] > 0
+    assert any("calibration input shape [1, 3, 16, 16]" in n for n in calibrated.notes)
