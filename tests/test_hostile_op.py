@@ -263,3 +263,14 @@ def test_runtime_older_than_the_library_is_refused_with_both_versions():
 
     floor = re.search(r'"onnxruntime>=1\.(\d+)"', (REPO / "pyproject.toml").read_text())
     assert floor and int(floor.group(1)) == needed, (floor and floor.group(0), needed)
+
+
+def test_a_library_onnxruntime_cannot_register_is_a_clear_error(tmp_path, monkeypatch):
+    import onnxcompress
+    from onnxcompress.errors import OnnxCompressError
+
+    fake = tmp_path / "libonnxcompress_ops.so"
+    fake.write_bytes(b"not a shared library")
+    monkeypatch.setenv("ONNXCOMPRESS_LIBRARY", str(fake))
+    with pytest.raises(OnnxCompressError, match="could not register the custom-op library"):
+        onnxcompress.InferenceSession(make_model([], []))

@@ -240,12 +240,13 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   const int64_t t_floats = CeilDiv(CheckedMul(std::max<int64_t>(max_block_rows_, 1), tile, "tile"), 16) * 16;
   const int64_t nob = std::max<int64_t>(1, std::min<int64_t>(Mg, 16 / std::max<int64_t>(1, G * tiles)));
   const int64_t items2 = G * tiles * nob;
+  auto tasks_lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& task_buffers = *tasks_lease;
   if (fused) {
-    scratch->tasks.Reserve(TaskSlots(fused_tasks), t_floats + CheckedMul(Mg, tile, "stage"));
+    task_buffers.Reserve(TaskSlots(fused_tasks), t_floats + CheckedMul(Mg, tile, "stage"));
   } else {
-    scratch->tasks.Reserve(TaskSlots(items2), CheckedMul(CeilDiv(Mg, nob), tile, "stage"));
+    task_buffers.Reserve(TaskSlots(items2), CheckedMul(CeilDiv(Mg, nob), tile, "stage"));
   }
-  TaskBuffers& task_buffers = scratch->tasks;
 
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* xn = xdata + n * image_in;

@@ -47,7 +47,6 @@ class BasisConv : public KernelBase<BasisConv> {
   struct Scratch {
     std::vector<float> planes;    // [C][plane_stride]
     std::vector<float> maps;      // two-phase mode: [tiles][rows][tile]
-    TaskBuffers tasks;            // per-task tile and stage buffers
   };
   void RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x, Ort::UnownedValue& y);
 

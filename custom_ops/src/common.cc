@@ -132,6 +132,11 @@ int64_t TaskSlots(int64_t tasks) {
   return std::max<int64_t>(1, std::min(tasks, hardware));
 }
 
+ScratchPool<TaskBuffers>& SharedTaskBuffers() {
+  static auto* pool = new ScratchPool<TaskBuffers>();  // never destroyed: kernels may outlive static teardown
+  return *pool;
+}
+
 void TaskBuffers::Reserve(int64_t slots, int64_t floats) {
   Require(slots >= 1 && floats >= 0, "bad task buffer request");
   const int64_t stride = CeilDiv(std::max<int64_t>(floats, 1), 16) * 16;

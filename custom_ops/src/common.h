@@ -196,6 +196,11 @@ class TaskBuffers {
 // hardware thread (more never run at once on this machine).
 int64_t TaskSlots(int64_t tasks);
 
+// TaskBuffers shared by every node of the process (a Compute leases one for
+// its regions), so that their memory scales with the concurrent runs, not
+// with the number of nodes times hardware threads.
+ScratchPool<TaskBuffers>& SharedTaskBuffers();
+
 // Runs `fn(begin, end)` over [0, total) in ORT's intra-op thread pool, in
 // `tasks` chunks of near-equal size. No exception leaves a pool callback: the
 // first one a task throws is kept, the remaining tasks are skipped, and it is

@@ -270,8 +270,9 @@ void LutConv::Compute(Ort::KernelContext& context) {
   const int64_t max_blocks = CeilDiv(band * g.out_w, R);
   const int64_t max_items = G_ * max_blocks;
   const int64_t max_tasks = std::min<int64_t>(max_items, 64);
-  scratch->tasks.Reserve(TaskSlots(max_tasks), lut::WorkFloats(plan, R, CeilDiv(max_items, max_tasks)));
-  TaskBuffers& task_buffers = scratch->tasks;
+  auto tasks_lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& task_buffers = *tasks_lease;
+  task_buffers.Reserve(TaskSlots(max_tasks), lut::WorkFloats(plan, R, CeilDiv(max_items, max_tasks)));
   scratch->base.resize(static_cast<size_t>(max_blocks * R + 64));  // slack: vector reads past the last block
   int64_t based_rows = -1;  // the band height `base` holds
   for (int64_t n = 0; n < g.batch; ++n) {

@@ -45,7 +45,6 @@ class LutConv : public KernelBase<LutConv> {
   struct Scratch {
     std::vector<float> padded;
     std::vector<int32_t> base, col_off, split_off;
-    TaskBuffers tasks;  // per-task codes and accumulators
   };
 
   ConvAttributes attrs_;
