@@ -240,6 +240,7 @@ MALFORMED = {
     "clip_min_above_max": dict(attrs={"activation": "Clip", "clip_min": 2.0, "clip_max": 1.0}),
     "too_many_inputs": dict(inputs=["X", "V", "Cnt", "Idx", "V", "V"]),
     "too_few_inputs": dict(inputs=["X", "V", "Cnt"]),
+    "weight_shape_as_floats": dict(attrs={"weight_shape": [4.0, 3.0, 3.0, 3.0]}),
 }
 
 

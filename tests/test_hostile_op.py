@@ -274,3 +274,18 @@ def test_a_library_onnxruntime_cannot_register_is_a_clear_error(tmp_path, monkey
     monkeypatch.setenv("ONNXCOMPRESS_LIBRARY", str(fake))
     with pytest.raises(OnnxCompressError, match="could not register the custom-op library"):
         onnxcompress.InferenceSession(make_model([], []))
+
+
+@pytest.mark.parametrize("attrs", [{"threshold": 1}, {"pads": [1.0, 1.0, 1.0, 1.0]}, {"group": 1.0}])
+def test_attribute_of_another_type_is_an_error_and_an_absent_one_its_default(attrs):
+    """Absent and mistyped attributes are told apart by probing the attribute's type
+    (ORT reports both with the same status code), not by matching ORT's message."""
+    from ophelpers import assert_rejected, creation_error
+
+    w = np.ones((4, 3, 3, 3), np.float32)
+    message = creation_error(falcon.ours_model({}, w, None, **attrs))
+    assert_rejected(message, "SparseInputConv")
+    assert "wrong type" in message, message
+    x = np.ones((1, 3, 5, 5), np.float32)  # absent: threshold 0, no pads, group 1
+    assert_close(session(falcon.ours_model({}, w, None)).run(None, {"X": x})[0],
+                 session(reference_model({}, w, None)).run(None, {"X": x})[0], "defaults")

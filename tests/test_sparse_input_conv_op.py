@@ -170,6 +170,9 @@ MALFORMED = {
     "unknown_auto_pad": dict(attrs={"auto_pad": "FULL"}),
     "pads_with_auto_pad": dict(attrs={"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1]}),
     "too_many_inputs": dict(inputs=["X", "W", "W", "W"]),
+    "threshold_as_int": dict(attrs={"threshold": 1}),
+    "pads_as_floats": dict(attrs={"pads": [1.0, 1.0, 1.0, 1.0]}),
+    "activation_as_int": dict(attrs={"activation": 1}),
 }
 
 

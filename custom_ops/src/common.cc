@@ -70,7 +70,16 @@ std::string AttrString(const Ort::ConstKernelInfo& info, const char* name, const
 }
 std::vector<int64_t> AttrInts(const Ort::ConstKernelInfo& info, const char* name,
                               const std::vector<int64_t>& fallback) {
-  return ReadOr<std::vector<int64_t>>(info, name, fallback, [&] { return info.GetAttributes<int64_t>(name); });
+  std::vector<int64_t> v =
+      ReadOr<std::vector<int64_t>>(info, name, fallback, [&] { return info.GetAttributes<int64_t>(name); });
+  if (v.empty()) {
+    // ORT reads a list attribute of another element type as an empty list of ints.
+    size_t floats = 0;
+    OrtStatus* status = Ort::GetApi().KernelInfoGetAttributeArray_float(info, name, nullptr, &floats);
+    if (status != nullptr) Ort::GetApi().ReleaseStatus(status);
+    Require(status != nullptr || floats == 0, "attribute '", name, "' has the wrong type (floats, not ints)");
+  }
+  return v;
 }
 
 bool HasInput(const Ort::ConstKernelInfo& info, size_t index) {
