@@ -135,9 +135,11 @@ def test_lut_conv_bands_equal_ort_conv(isa, setting):
     partial last one); pads 30000 with strides 4096 (over 2^31 padded values: refused
     at run time before the fix)."""
     rng = np.random.default_rng(11)
-    for attrs, h, w_ in (({"pads": [800, 790, 810, 805]}, 40, 37),
-                         ({"pads": [30000, 30000, 30000, 30000], "strides": [4096, 4095]}, 6, 5)):
-        model, conv, x = lut.integer_lut(attrs, 1, 2, h, w_, 3, 3, 3, *setting, rng)
+    for attrs, c, m, h, w_ in (({"pads": [800, 790, 810, 805]}, 2, 3, 40, 37),
+                               ({"pads": [700, 720, 690, 710], "group": 2, "dilations": [2, 3], "strides": [1, 2]},
+                                4, 4, 30, 33),
+                               ({"pads": [30000, 30000, 30000, 30000], "strides": [4096, 4095]}, 2, 3, 6, 5)):
+        model, conv, x = lut.integer_lut(attrs, 1, c, h, w_, m, 3, 3, *setting, rng)
         want = session(conv).run(None, {"X": x})[0]
         got = session(model, isa).run(None, {"X": x})[0]
         np.testing.assert_array_equal(got, want, err_msg=f"{attrs} {isa}")
