@@ -369,9 +369,9 @@ def test_malformed_nodes_do_not_crash_the_process():
 def test_good_node_runs_and_bad_input_is_an_error():
     sess = session(_bad())
     assert sess.run(None, {"X": np.zeros((1, 2, 5, 5), np.float32)})[0].shape == (1, 6, 5, 5)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="LutConv"):
         sess.run(None, {"X": np.zeros((1, 3, 5, 5), np.float32)})  # wrong channel count
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="LutConv"):
         sess.run(None, {"X": np.zeros((1, 2, 1, 1), np.float32)[:, :, :0]})  # smaller than the kernel
 
 
