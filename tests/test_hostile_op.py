@@ -180,10 +180,11 @@ def _four_op_model(rng):
     return make_model(nodes, inits)
 
 
-def test_one_session_from_eight_threads_is_bit_identical_to_serial():
+@pytest.mark.parametrize("isa", ISAS)
+def test_one_session_from_eight_threads_is_bit_identical_to_serial(isa):
     rng = np.random.default_rng(21)
-    sess = session(_four_op_model(rng), threads=2)
-    xs = [rng.standard_normal((1 + i % 2, 8, 17 + i % 5, 19 + i % 3)).astype(np.float32) for i in range(24)]
+    sess = session(_four_op_model(rng), isa, threads=2)
+    xs = [rng.standard_normal((1 + i % 2, 8, 37 + i % 5, 41 + i % 3)).astype(np.float32) for i in range(24)]
     serial = [sess.run(None, {"X": x})[0] for x in xs]
     assert all(np.isfinite(y).all() and np.abs(y).max() > 0 for y in serial)
     results: dict[int, np.ndarray] = {}
@@ -193,7 +194,7 @@ def test_one_session_from_eight_threads_is_bit_identical_to_serial():
     def worker(t):
         try:
             start.wait()
-            for rep in range(2):
+            for rep in range(3):
                 for i in range(t, len(xs), 8):
                     y = sess.run(None, {"X": xs[i]})[0]
                     if rep == 0:
