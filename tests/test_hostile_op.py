@@ -84,6 +84,30 @@ def test_session_creation_memory_is_bounded_by_the_initializers(op, tmp_path):
     assert "created" in out.stdout, out.stdout + out.stderr
 
 
+def test_fallback_dense_weights_are_capped():
+    """weight_shape's kernel of 2^20 x 32 x 32 columns runs (an input with 2^20 channels and
+    pads that send it to ORT's Conv): the dense weights the fallback would build (2^32
+    values) are refused with a clear error instead of being allocated."""
+    out = run_limited("""
+        from onnx import helper, numpy_helper
+        values = numpy_helper.from_array(np.ones(1, np.float32), "V")
+        counts = numpy_helper.from_array(np.zeros((4, 1), np.uint8), "Cnt")
+        indices = numpy_helper.from_array(np.zeros(0, np.uint8), "Idx")
+        node = helper.make_node("ClusteredSparseConv", ["X", "V", "Cnt", "Idx"], ["Y"], domain=ophelpers.DOMAIN,
+                                weight_shape=[4, 1 << 20, 32, 32], pads=[16, 16, 16, 16])
+        sess = ophelpers.session(ophelpers.make_model([node], [values, counts, indices]), threads=1)
+        x = np.ones((1, 1 << 20, 1, 1), np.float32)
+        limit()
+        try:
+            sess.run(None, {"X": x})
+            print("ran")
+        except Exception as e:
+            print("error", e)
+    """, headroom_mib=256)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "error" in out.stdout and "fallback" in out.stdout and "too large" in out.stdout, out.stdout
+
+
 # --------------------------------------------- exceptions in pool tasks
 
 
