@@ -155,6 +155,11 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise OnnxCompressError(f"{path}: no such data file")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"PK\x05\x06") or magic == b"\x93NUMPY"):
+        raise OnnxCompressError(f"{path}: not a readable .npz file (neither a zip archive nor an .npy array; "
+                                f"save the inputs with numpy.savez)")
     try:
         npz = np.load(path, allow_pickle=False)
         if isinstance(npz, np.ndarray):  # an .npy: one array
