@@ -114,8 +114,11 @@ def main() -> None:
         assert has_external_data(dst) or size <= LIMIT
         del out
         x = np.random.default_rng(1).standard_normal((1, args.channels, args.hw, args.hw)).astype(np.float32)
-        ref = step("run original in ORT (from file)", lambda: InferenceSession(str(src), threads=2).run(None, {"input": x})[0])
-        got = step("run optimized in ORT (from file)", lambda: InferenceSession(str(dst), threads=2).run(None, {"input": x})[0])
+        def run(path):
+            return InferenceSession(str(path), threads=2).run(None, {"input": x})[0]
+
+        ref = step("run original in ORT (from file)", lambda: run(src))
+        got = step("run optimized in ORT (from file)", lambda: run(dst))
         reloaded = step("load optimized", lambda: load_model(dst))
         ops = sorted({n.op_type for n in reloaded.graph.node})
         del reloaded

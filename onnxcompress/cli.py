@@ -273,7 +273,8 @@ def compare(model_a, model_b, data, dataset, random, limit, batch, seed, threads
     _load(model_b)
     if (data or dataset) is None and batch is not None:
         raise OnnxCompressError("--batch applies to --data/--dataset")
-    feeds = _feeds(proto, data, random, seed, limit, dataset, batch=(64 if batch is None else batch) if (dataset or data) else 1)
+    per_run = (64 if batch is None else batch) if (dataset or data) else 1
+    feeds = _feeds(proto, data, random, seed, limit, dataset, batch=per_run)
     results = compare_models(model_a, model_b, feeds, threads)
     failed = []
     for r in results:

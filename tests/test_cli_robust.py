@@ -141,8 +141,16 @@ def test_photos_on_a_gray_model_say_to_give_an_npz(spec, gray, tmp_path):
         Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(folder / "a.png")
         spec = folder
     out = tmp_path / "out.onnx"
+    before = digest(gray)
     proc = cli("optimize", gray, "-o", out, "--method", "cluspa", "--calib", spec)
     assert_clean_error(proc, "RGB", "1 channel", ".npz")
+    assert not out.exists() and digest(gray) == before
+
+
+def test_digits_on_an_rgb_model_say_to_give_an_npz(small_model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = cli("optimize", small_model_path, "-o", out, "--method", "cluspa", "--calib", "mnist-test")
+    assert_clean_error(proc, "[1, 28, 28]", ".npz")
     assert not out.exists()
 
 

@@ -112,3 +112,16 @@ def test_rewriting_pass_alone_refuses_repeated_names(model):
 
     with pytest.raises(OnnxCompressError, match="unique and non-empty"):
         PenniRewrite().run(renamed(model, "duplicate"), PassContext())
+
+
+def test_pass_manager_names_nodes_first_when_a_pass_needs_it(model):
+    from onnxcompress.passes import FoldBatchNorm, PassManager
+    from onnxcompress.passes.base import WEIGHTS_ARE_INITIALIZERS
+    from onnxcompress.passes.penni import PenniRewrite
+
+    manager = PassManager([FoldBatchNorm(), PenniRewrite()], provided=frozenset({WEIGHTS_ARE_INITIALIZERS}))
+    assert isinstance(manager.passes[0], NameNodes)
+    out, ctx = manager.run(renamed(model, "empty"))
+    assert all(n.name for n in out.graph.node) and any(r.status == "rewritten" for r in ctx.layers)
+    assert not isinstance(PassManager([FoldBatchNorm()], provided=frozenset({WEIGHTS_ARE_INITIALIZERS}))
+                          .passes[0], NameNodes)
