@@ -1,0 +1,189 @@
+"""Running one fuzz case in the current process, and judging how it ended.
+
+`run_op` and `run_cli` are what a case's own process executes (a child forked
+by tests/fuzz/server.py, or a fresh interpreter started by replay); `judge`
+turns the process's end (exit status, signal, stderr, the result it wrote, its
+peak memory) into one outcome:
+
+- ok:         the node ran / the command succeeded;
+- rejected:   a clean refusal: an ONNX Runtime error (op cases), or exactly one
+              `error: ...` line on stderr and exit status 2 (CLI cases);
+- crash:      a signal, a sanitizer report, an unexpected exit status, or a
+              raw Python traceback from the CLI;
+- hang:       killed after the timeout;
+- over-limit: killed by the memory watchdog, an allocation refused under the
+              memory limit that our code asked for (std::bad_alloc, Python
+              MemoryError, `error: out of memory`), or a sanitizer
+              allocation-size report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import traceback
+
+OUTCOMES = ("ok", "rejected", "crash", "hang", "over-limit")
+FAILURES = ("crash", "hang", "over-limit")
+
+_SANITIZER = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer|UndefinedBehaviorSanitizer)|runtime error: |"
+                        r"SUMMARY: (AddressSanitizer|UndefinedBehaviorSanitizer)")
+_SANITIZER_ALLOC = re.compile(r"allocation-size-too-big|requested allocation size .* exceeds|out-of-memory|"
+                              r"rss-limit-exceeded|allocator is out of memory")
+_OVER_LIMIT_TEXT = re.compile(r"bad_alloc|MemoryError|error: out of memory|Cannot allocate memory")
+
+
+def _set_threads_env() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def run_op(model_path: str, feeds_path: str, threads: int, library: str) -> dict:
+    """Creates a session on the one-node model and runs it on the feeds; returns what happened."""
+    import numpy as np
+    import onnxruntime as ort
+
+    stage = "load"
+    try:
+        with np.load(feeds_path, allow_pickle=False) as z:
+            feeds = {k: z[k] for k in z.files}
+        so = ort.SessionOptions()
+        so.register_custom_ops_library(library)
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 4
+        stage = "create"
+        sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+        stage = "run"
+        out = sess.run(None, feeds)
+        return {"result": "ok", "stage": stage, "shape": list(out[0].shape)}
+    except MemoryError as exc:
+        return {"result": "memory", "stage": stage, "error": f"MemoryError: {exc}"[:500]}
+    except Exception as exc:  # noqa: BLE001 - classified below
+        module = type(exc).__module__ or ""
+        kind = "ort" if module.startswith("onnxruntime") else "python"
+        return {"result": kind, "stage": stage, "error": f"{type(exc).__name__}: {exc}"[:1000]}
+
+
+def run_cli(argv: list[str]) -> int:
+    """Runs `onnxcompress ARGV` as its console script does; returns the exit status.
+    An exception escaping main() is printed as Python would print it (exit 1)."""
+    from onnxcompress.cli import main
+
+    try:
+        main(args=argv, prog_name="onnxcompress", standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 - what the interpreter would print
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def judge(kind: str, *, status: int | None, signum: int | None, stderr: str, result: dict | None,
+          timed_out: bool = False, over_memory: bool = False) -> tuple[str, str]:
+    """(outcome, one-line detail) of a finished case; kind is "op" or "cli"."""
+    if timed_out:
+        return "hang", "killed after the timeout"
+    if over_memory:
+        return "over-limit", "killed by the memory watchdog"
+    report = _SANITIZER.search(stderr or "")
+    if report:
+        line = next((ln for ln in stderr.splitlines() if _SANITIZER.search(ln)), report.group(0))
+        if _SANITIZER_ALLOC.search(stderr):
+            return "over-limit", "sanitizer: " + line.strip()[:300]
+        return "crash", "sanitizer: " + line.strip()[:300]
+    if signum:
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        tail = " | ".join(ln.strip() for ln in (stderr or "").strip().splitlines()[-3:])
+        return "crash", f"signal {name}: {tail}"[:400]
+    if kind == "op":
+        if status != 0 or result is None:
+            tail = " | ".join(ln.strip() for ln in (stderr or "").strip().splitlines()[-3:])
+            return "crash", f"exit status {status} without a result: {tail}"[:400]
+        text = result.get("error", "")
+        if result["result"] == "ok":
+            return "ok", f"ran, Y {result.get('shape')}"
+        if result["result"] == "memory" or _OVER_LIMIT_TEXT.search(text):
+            return "over-limit", f"{result['stage']}: {text}"[:400]
+        if result["result"] == "ort":
+            return "rejected", f"{result['stage']}: {text}"[:400]
+        return "crash", f"{result['stage']}: not an ONNX Runtime error: {text}"[:400]
+    # CLI
+    lines = [ln for ln in (stderr or "").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    if "Traceback (most recent call last)" in (stderr or ""):
+        last = lines[-1] if lines else ""
+        return "crash", f"raw traceback: {last}"[:400]
+    if any(_OVER_LIMIT_TEXT.search(ln) for ln in errors):
+        return "over-limit", errors[0][:400]
+    if status == 0:
+        return "ok", "exit 0"
+    if status == 2 and len(errors) == 1:
+        return "rejected", errors[0][:400]
+    tail = " | ".join(ln.strip() for ln in lines[-3:])
+    return "crash", f"exit status {status}, {len(errors)} error lines: {tail}"[:400]
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def watch(pid: int, timeout: float, rss_limit: int) -> dict:
+    """Waits for child `pid`, killing it (SIGKILL) after `timeout` seconds or when its resident
+    memory passes `rss_limit` bytes. Returns status/signum/timed_out/over_memory/maxrss (bytes)."""
+    import time
+
+    start = time.monotonic()
+    timed_out = over_memory = False
+    delay = 0.001
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() - start > timeout:
+            timed_out = True
+        elif _rss_bytes(pid) > rss_limit:
+            over_memory = True
+        if timed_out or over_memory:
+            os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    return {"status": code, "signum": None if (timed_out or over_memory) else signum, "timed_out": timed_out,
+            "over_memory": over_memory, "maxrss": usage.ru_maxrss * 1024, "seconds": time.monotonic() - start}
+
+
+def main() -> None:
+    """Entry point of a replayed case's fresh interpreter: `runner op MODEL FEEDS THREADS LIB RESULT`
+    or `runner cli ARG...` (the exit status is the command's)."""
+    _set_threads_env()
+    what = sys.argv[1]
+    if what == "op":
+        model, feeds, threads, library, result_path = sys.argv[2:7]
+        result = run_op(model, feeds, int(threads), library)
+        with open(result_path, "w") as fh:
+            json.dump(result, fh)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    os._exit(run_cli(sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()
