@@ -225,7 +225,8 @@ def p_custom_node(model, rng, folder) -> str:
         for a in list(n.attribute):
             if a.name == name:
                 n.attribute.remove(a)
-        n.attribute.append(helper.make_attribute(name, value))
+        n.attribute.append(helper.make_attribute(name, value, attr_type=onnx.AttributeProto.INTS)
+                           if value == [] else helper.make_attribute(name, value))
         return f"{n.op_type} attr {name} = {value!r}"
     names = [x for x in n.input[1:] if x in inits]
     if not names:

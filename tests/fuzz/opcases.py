@@ -650,3 +650,38 @@ def build(spec: Spec, seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     model.ir_version = 9
     return model.SerializeToString(), feeds
+
+
+def expected_output_bytes(spec: Spec) -> int | None:
+    """Bytes of the Y that ONNX Conv's formula gives for the node as (mis)declared, or None when the
+    node says too little to tell. A node that legitimately asks for a huge Y is not a memory defect."""
+    try:
+        a = spec.attrs
+
+        def arr(name):
+            e = spec.get(name)
+            return None if e is None or e[1] is None else np.asarray(e[1])
+
+        if spec.op == "SparseInputConv":
+            m, kh, kw = arr("W").shape[0], arr("W").shape[2], arr("W").shape[3]
+        elif spec.op == "BasisConv":
+            m, kh, kw = arr("Coefs").shape[0], arr("Bases").shape[1], arr("Bases").shape[2]
+        elif spec.op == "ClusteredSparseConv":
+            m, _, kh, kw = (int(v) for v in a["weight_shape"])
+        else:
+            t = arr("T")
+            m, (kh, kw) = t.shape[0] * t.shape[3], a["kernel_shape"]
+        n, _, h, w = spec.x_shape
+        pads = a.get("pads", [0, 0, 0, 0])
+        strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
+        size = [0, 0]
+        for axis, (extent_in, k) in enumerate(((h, kh), (w, kw))):
+            s = max(int(strides[axis]), 1)
+            if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+                size[axis] = -(-extent_in // s)
+            else:
+                p = 0 if a.get("auto_pad", "NOTSET") == "VALID" else int(pads[axis]) + int(pads[axis + 2])
+                size[axis] = max((extent_in + p - ((int(k) - 1) * int(dil[axis]) + 1)) // s + 1, 0)
+        return int(n) * int(m) * size[0] * size[1] * 4
+    except Exception:  # noqa: BLE001 - mutated beyond telling
+        return None

@@ -46,7 +46,14 @@ def run_op(model_path: str, feeds_path: str, threads: int, library: str) -> dict
     import numpy as np
     import onnxruntime as ort
 
+    import resource
+
     stage = "load"
+    rss_before = _rss_bytes(os.getpid())
+
+    def grown() -> int:  # peak growth of this process since the case started
+        return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before, 0)
+
     try:
         with np.load(feeds_path, allow_pickle=False) as z:
             feeds = {k: z[k] for k in z.files}
@@ -59,13 +66,15 @@ def run_op(model_path: str, feeds_path: str, threads: int, library: str) -> dict
         sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
         stage = "run"
         out = sess.run(None, feeds)
-        return {"result": "ok", "stage": stage, "shape": list(out[0].shape)}
+        del sess
+        return {"result": "ok", "stage": stage, "shape": list(out[0].shape), "peak_extra": grown()}
     except MemoryError as exc:
-        return {"result": "memory", "stage": stage, "error": f"MemoryError: {exc}"[:500]}
+        return {"result": "memory", "stage": stage, "error": f"MemoryError: {exc}"[:500], "peak_extra": grown()}
     except Exception as exc:  # noqa: BLE001 - classified below
         module = type(exc).__module__ or ""
         kind = "ort" if module.startswith("onnxruntime") else "python"
-        return {"result": kind, "stage": stage, "error": f"{type(exc).__name__}: {exc}"[:1000]}
+        return {"result": kind, "stage": stage, "error": f"{type(exc).__name__}: {exc}"[:1000],
+                "peak_extra": grown()}
 
 
 def run_cli(argv: list[str]) -> int:
@@ -88,9 +97,34 @@ def run_cli(argv: list[str]) -> int:
     return code
 
 
+def op_memory_budget(held_bytes: int, y_bytes: int | None) -> int:
+    """What an op case may legitimately add to the process: ORT's own overhead, a small multiple of
+    what the case holds (model file and inputs: every allocation at session creation must be
+    bounded by the initializers present) and of the Y it asks for."""
+    return (128 << 20) + 16 * held_bytes + 4 * (y_bytes or 0)
+
+
 def judge(kind: str, *, status: int | None, signum: int | None, stderr: str, result: dict | None,
-          timed_out: bool = False, over_memory: bool = False) -> tuple[str, str]:
+          timed_out: bool = False, over_memory: bool = False, peak_bytes: int = 0, held_bytes: int | None = None,
+          y_bytes: int | None = None, limit_bytes: int | None = None) -> tuple[str, str]:
     """(outcome, one-line detail) of a finished case; kind is "op" or "cli"."""
+    outcome, detail = _judge(kind, status, signum, stderr, result, timed_out, over_memory)
+    if kind != "op" or held_bytes is None:
+        return outcome, detail
+    legit_huge = y_bytes is not None and limit_bytes is not None and 2 * y_bytes > limit_bytes
+    if outcome in ("over-limit", "hang") and legit_huge:
+        # the node asks for a Y near or over the fuzz memory limit: refusing or failing to
+        # allocate it (or taking long to fill it) is what ONNX Runtime's own Conv would do
+        return "rejected", f"legit Y of {y_bytes / 2**20:.0f} MiB is over the fuzz limit ({outcome}: {detail})"[:400]
+    budget = op_memory_budget(held_bytes, y_bytes)
+    if outcome in ("ok", "rejected") and peak_bytes > budget:
+        return "over-limit", (f"peak {peak_bytes / 2**20:.0f} MiB for a case holding {held_bytes / 2**20:.2f} MiB "
+                              f"(Y {(y_bytes or 0) / 2**20:.0f} MiB; budget {budget / 2**20:.0f} MiB); "
+                              f"{outcome}: {detail}")[:400]
+    return outcome, detail
+
+
+def _judge(kind, status, signum, stderr, result, timed_out, over_memory) -> tuple[str, str]:
     if timed_out:
         return "hang", "killed after the timeout"
     if over_memory:

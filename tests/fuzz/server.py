@@ -53,7 +53,9 @@ def _prepare(req: dict, work: Path) -> dict:
     model, feeds = opcases.build(spec, seed=req["index"])
     (work / "model.onnx").write_bytes(model)
     np.savez(work / "feeds.npz", **feeds)
-    return {"kind": "op", "op": spec.op, "threads": spec.threads, "log": spec.log}
+    held = len(model) + sum(v.nbytes for v in feeds.values())
+    return {"kind": "op", "op": spec.op, "threads": spec.threads, "log": spec.log, "held_bytes": held,
+            "y_bytes": opcases.expected_output_bytes(spec)}
 
 
 def _child(case: dict, work: Path, mem_bytes: int, library: str) -> None:
@@ -98,7 +100,7 @@ def run_one(req: dict, library: str) -> dict:
         if case["kind"] == "cli":
             record["argv"] = case["argv"]
         else:
-            record["threads"] = case["threads"]
+            record.update(threads=case["threads"], held_bytes=case["held_bytes"], y_bytes=case["y_bytes"])
         mem = int(req["mem_mb"]) << 20
         baseline = runner._rss_bytes(os.getpid())
         sys.stdout.flush()
@@ -108,10 +110,13 @@ def run_one(req: dict, library: str) -> dict:
         end = runner.watch(pid, float(req["timeout"]), baseline + mem)
         stderr = (tmp / "stderr.txt").read_text(errors="replace") if (tmp / "stderr.txt").exists() else ""
         result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").exists() else None
+        peak = max(end["maxrss"] - baseline, 0)
         outcome, detail = runner.judge(case["kind"], status=end["status"], signum=end["signum"], stderr=stderr,
-                                       result=result, timed_out=end["timed_out"], over_memory=end["over_memory"])
+                                       result=result, timed_out=end["timed_out"], over_memory=end["over_memory"],
+                                       peak_bytes=peak, held_bytes=case.get("held_bytes"),
+                                       y_bytes=case.get("y_bytes"), limit_bytes=mem)
         record.update(outcome=outcome, detail=detail, seconds=round(end["seconds"], 3),
-                      peak_extra_mb=round(max(end["maxrss"] - baseline, 0) / 2**20, 1))
+                      peak_extra_mb=round(peak / 2**20, 1))
         if outcome in runner.FAILURES and req.get("keep"):
             name = f"{req['target']}-{req.get('op', 'cli')}-s{req['seed']}-i{req['index']}" + ("-asan" if ASAN else "")
             dest = Path(req["keep"]) / name
