@@ -49,6 +49,19 @@ class Summary:
     def failures(self) -> list[dict]:
         return [r for r in self.records if r["outcome"] in (*runner.FAILURES, "harness-error")]
 
+    def failure_classes(self, examples: int = 2) -> str:
+        """Failures grouped by signature, with a count and replay commands for the first few."""
+        groups: dict[tuple, list[dict]] = defaultdict(list)
+        for r in self.failures():
+            groups[(r["outcome"], r.get("op") or r["target"], r.get("signature") or r["detail"][:80])].append(r)
+        lines = []
+        for (outcome, target, sig), rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"{len(rs):5d} {outcome} {target}: {sig}")
+            for r in rs[:examples]:
+                where = f"python -m tests.fuzz.replay {r['case_dir']}" if r.get("case_dir") else "(not kept)"
+                lines.append(f"        index {r['index']}: {where}")
+        return "\n".join(lines)
+
     def table(self) -> str:
         counts = self.counts()
         rows = [[t] + [counts[t][c] for c in COLUMNS] + [sum(counts[t].values())] for t in TARGETS if t in counts]
@@ -177,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                  progress=True, start=args.start)
     print(s.table())
     print(f"{len(s.records)} cases in {s.seconds:.1f} s ({'ASan+UBSan' if s.asan else 'no sanitizer'})")
-    for r in s.failures():
-        print(f"{r['outcome']}: {r.get('op') or r['target']} index {r['index']}: {r['detail']}"
-              + (f"\n    replay: python -m tests.fuzz.replay {r['case_dir']}" if r.get("case_dir") else ""))
+    print(s.failure_classes())
     if args.json:
         Path(args.json).write_text(json.dumps(s.records, indent=1))
     return 1 if s.failures() else 0

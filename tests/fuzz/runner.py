@@ -36,6 +36,33 @@ _SANITIZER_ALLOC = re.compile(r"allocation-size-too-big|requested allocation siz
 _OVER_LIMIT_TEXT = re.compile(r"bad_alloc|MemoryError|error: out of memory|Cannot allocate memory")
 
 
+_FRAME = re.compile(r"#\d+ 0x[0-9a-f]+ in (\S+).*?(custom_ops/src/[\w./]+:\d+)")
+_PY_FRAME = re.compile(r'File "([^"]*onnxcompress/[^"]+)", line (\d+), in (\S+)')
+
+
+def signature(outcome: str, detail: str, stderr: str) -> str:
+    """A short name of a failure's class, to group cases that fail the same way: the sanitizer's
+    error kind and the first frame in custom_ops/src, or the exception and the last onnxcompress frame."""
+    if outcome not in FAILURES:
+        return ""
+    stderr = stderr or ""
+    kind = ""
+    m = re.search(r"ERROR: AddressSanitizer: ([\w-]+)|(runtime error: [^\n]{0,60})|CHECK failed: ([^\n]{0,60})|"
+                  r"terminate called [^\n]{0,80}|ERROR: AddressSanitizer: (SEGV)", stderr)
+    if m:
+        kind = next((g for g in m.groups() if g), m.group(0)).strip()
+    frame = _FRAME.search(stderr)
+    if frame:
+        fn = re.sub(r"\(.*", "", frame.group(1))[-60:]
+        return f"{kind or detail[:40]} at {frame.group(2).split('custom_ops/src/')[1]} ({fn})"
+    if "Traceback (most recent call last)" in stderr:
+        frames = _PY_FRAME.findall(stderr)
+        last = stderr.strip().splitlines()[-1][:80]
+        where = f" at {frames[-1][0].split('onnxcompress/')[-1]}:{frames[-1][1]}" if frames else ""
+        return f"{last.split(':')[0]}{where}"
+    return (kind or detail)[:80]
+
+
 def _set_threads_env() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -37,6 +37,22 @@ def runtime_library() -> str:
     raise RuntimeError("libasan.so not found: install gcc's libasan (e.g. apt-get install libasan8)")
 
 
+def cxx_runtime_library() -> str | None:
+    """The C++ runtime the sanitized library links (libstdc++), preloaded too: ASan intercepts
+    __cxa_throw only if libstdc++ is loaded when it starts ("CHECK failed: real___cxa_throw")."""
+    for compiler in (os.environ.get("CXX", ""), "g++"):
+        if not compiler:
+            continue
+        try:
+            out = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                                 timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out and os.path.isabs(out) and Path(out).exists():
+            return str(Path(out).resolve())
+    return None
+
+
 def asan_options(max_allocation_mb: int = 1024) -> str:
     return ":".join([
         "detect_leaks=0", "abort_on_error=1", "allocator_may_return_null=1",
@@ -48,7 +64,7 @@ def asan_options(max_allocation_mb: int = 1024) -> str:
 def environment(library: str, base: dict | None = None, max_allocation_mb: int = 1024) -> dict:
     """`base` (default os.environ) plus what a process needs to load the sanitized `library`."""
     env = dict(os.environ if base is None else base)
-    env["LD_PRELOAD"] = runtime_library()
+    env["LD_PRELOAD"] = ":".join(p for p in (runtime_library(), cxx_runtime_library()) if p)
     env["ASAN_OPTIONS"] = asan_options(max_allocation_mb)
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:abort_on_error=1"
     env["ONNXCOMPRESS_LIBRARY"] = str(Path(library).resolve())

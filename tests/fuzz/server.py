@@ -115,7 +115,7 @@ def run_one(req: dict, library: str) -> dict:
                                        result=result, timed_out=end["timed_out"], over_memory=end["over_memory"],
                                        peak_bytes=peak, held_bytes=case.get("held_bytes"),
                                        y_bytes=case.get("y_bytes"), limit_bytes=mem)
-        record.update(outcome=outcome, detail=detail, seconds=round(end["seconds"], 3),
+        record.update(outcome=outcome, detail=detail, signature=runner.signature(outcome, detail, stderr), seconds=round(end["seconds"], 3),
                       peak_extra_mb=round(peak / 2**20, 1))
         if outcome in runner.FAILURES and req.get("keep"):
             name = f"{req['target']}-{req.get('op', 'cli')}-s{req['seed']}-i{req['index']}" + ("-asan" if ASAN else "")
