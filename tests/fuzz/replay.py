@@ -36,6 +36,7 @@ def replay(case_dir: str | os.PathLike, asan: str | None = None, timeout: float 
     if asan:
         env = sanitizer.environment(asan, env, max_allocation_mb=mem_mb)
     timeout = timeout or (240.0 if asan else 90.0)
+    env["ONNXCOMPRESS_FUZZ_DUMP_AFTER"] = str(max(timeout - 2, 0.8 * timeout))
     limit = (mem_mb << 20) + (3 << 30)  # address space: the limit plus what the interpreter and ORT map
 
     def limits():

@@ -55,6 +55,12 @@ def signature(outcome: str, detail: str, stderr: str) -> str:
     if frame:
         fn = re.sub(r"\(.*", "", frame.group(1))[-60:]
         return f"{kind or detail[:40]} at {frame.group(2).split('custom_ops/src/')[1]} ({fn})"
+    if outcome == "hang":
+        frames = re.findall(r'File "([^"]*onnxcompress/[^"]+)", line (\d+) in (\S+)', stderr)
+        if frames:
+            f = frames[0]  # faulthandler prints the innermost frame first
+            return f"hang in {f[2]} at {f[0].split('onnxcompress/')[-1]}:{f[1]}"
+        return "hang"
     if "Traceback (most recent call last)" in stderr:
         frames = _PY_FRAME.findall(stderr)
         last = stderr.strip().splitlines()[-1][:80]
@@ -234,6 +240,10 @@ def main() -> None:
     """Entry point of a replayed case's fresh interpreter: `runner op MODEL FEEDS THREADS LIB RESULT`
     or `runner cli ARG...` (the exit status is the command's)."""
     _set_threads_env()
+    if os.environ.get("ONNXCOMPRESS_FUZZ_DUMP_AFTER"):  # replay of a hang: show where it is
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(os.environ["ONNXCOMPRESS_FUZZ_DUMP_AFTER"]), exit=False)
     what = sys.argv[1]
     if what == "op":
         model, feeds, threads, library, result_path = sys.argv[2:7]

@@ -14,6 +14,7 @@ the request's `keep` folder with a case.json that tests/fuzz/replay.py replays.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import json
 import os
 import resource
@@ -58,7 +59,7 @@ def _prepare(req: dict, work: Path) -> dict:
             "y_bytes": opcases.expected_output_bytes(spec)}
 
 
-def _child(case: dict, work: Path, mem_bytes: int, library: str) -> None:
+def _child(case: dict, work: Path, mem_bytes: int, library: str, timeout: float) -> None:
     """In the forked child: limits, output to files, run, exit. Never returns."""
     try:
         out = os.open(work / "stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -66,6 +67,8 @@ def _child(case: dict, work: Path, mem_bytes: int, library: str) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # a hang shows where it hangs: the Python stacks go to stderr shortly before the kill
+        faulthandler.dump_traceback_later(max(timeout - 2, 0.8 * timeout), exit=False)
         if not ASAN:
             limit = _vm_bytes() + mem_bytes
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -106,7 +109,7 @@ def run_one(req: dict, library: str) -> dict:
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            _child(case, tmp, mem, library)
+            _child(case, tmp, mem, library, float(req["timeout"]))
         end = runner.watch(pid, float(req["timeout"]), baseline + mem)
         stderr = (tmp / "stderr.txt").read_text(errors="replace") if (tmp / "stderr.txt").exists() else ""
         result = json.loads((tmp / "result.json").read_text()) if (tmp / "result.json").exists() else None
