@@ -229,7 +229,7 @@ def watch(pid: int, timeout: float, rss_limit: int) -> dict:
             _, status, usage = os.wait4(pid, 0)
             break
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.02)
+        delay = min(delay * 1.5, 0.005)
     signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     return {"status": code, "signum": None if (timed_out or over_memory) else signum, "timed_out": timed_out,
