@@ -38,9 +38,14 @@ def _check(summary: harness.Summary) -> None:
     assert len(summary.records) == CASES
     assert not unknown, "fuzz failures of no known class (tests/fuzz/known.py):\n" + report
     counts = summary.counts()
-    # the run must reach the kernels: every op has both clean rejections and successful runs
+    # the run must reach the kernels: every op has both clean rejections and successful runs,
+    # and its case 0 (never mutated) runs
+    by_index = {(r.get("op") or r["target"], r["index"]): r for r in summary.records}
     for op in opcases.OPS:
         assert counts[op]["ok"] > 0 and counts[op]["rejected"] > 0, (op, dict(counts[op]))
+        first = by_index[(op, 0)]
+        assert first["log"] == ["valid"], first
+        assert first["outcome"] == "ok" or any(k.matches(first) for k in known.KNOWN), first
     if found:
         pytest.xfail("known defect classes: " + "; ".join(f"{name} ({len(rs)} cases)" for name, rs in found.items()))
 
@@ -119,16 +124,6 @@ def test_op_cases_are_reproducible(op):
             np.testing.assert_array_equal(fa[k], fb[k])
 
 
-def test_valid_cases_run_and_mutated_ones_are_refused():
-    """Without mutations the generator's nodes run (else the fuzz would only test rejection);
-    the harness counts them as ok."""
-    s = harness.campaign(8, seed=3, targets=opcases.OPS, start=0)  # indices 0, 1: index 0 is always valid
-    by_index = {(r["op"], r["index"]): r for r in s.records}
-    for op in opcases.OPS:
-        assert by_index[(op, 0)]["log"] == ["valid"]
-        assert by_index[(op, 0)]["outcome"] == "ok", by_index[(op, 0)]
-
-
 def test_cli_cases_are_reproducible(tmp_path):
     corpus = clicases.prepare_corpus(tmp_path / "corpus")
     a = clicases.make_case(4, 3, corpus, tmp_path / "a")
@@ -162,7 +157,7 @@ def test_memory_limit_is_enforced(tmp_path):
     """A child that allocates past the limit is stopped and counted as over-limit (RLIMIT_AS or watchdog)."""
     import subprocess
 
-    code = "import numpy as np; a = np.ones(3 << 28, np.uint8); print(a.sum())"
+    code = "import numpy as np; a = np.ones(3 << 27, np.uint8); print(a.sum())"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = runner.watch(proc.pid, 60, 400 << 20)
+    end = runner.watch(proc.pid, 60, 250 << 20)
     assert end["over_memory"]
