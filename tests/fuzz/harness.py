@@ -115,7 +115,7 @@ def campaign(cases: int, seed: int = 1, targets: tuple[str, ...] = TARGETS, asan
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.setdefault("OMP_NUM_THREADS", "1")
     if asan:
-        env = sanitizer.environment(asan, env, max_allocation_mb=mem_mb)
+        env = sanitizer.environment(asan, env, max_allocation_mb=mem_mb, symbolize=False)
     timeout = timeout or (60.0 if asan else 20.0)
     cli_timeout = cli_timeout or (240.0 if asan else 90.0)
     work = Path(tempfile.mkdtemp(prefix="onnxcompress-fuzz-"))

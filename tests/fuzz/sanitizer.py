@@ -53,20 +53,23 @@ def cxx_runtime_library() -> str | None:
     return None
 
 
-def asan_options(max_allocation_mb: int = 1024) -> str:
-    return ":".join([
+def asan_options(max_allocation_mb: int = 1024, symbolize: bool = True) -> str:
+    return ":".join([f"symbolize={int(symbolize)}",
         "detect_leaks=0", "abort_on_error=1", "allocator_may_return_null=1",
         f"max_allocation_size_mb={max_allocation_mb}", "disable_coredump=1", "handle_abort=1",
         "detect_odr_violation=0", "quarantine_size_mb=64", "malloc_context_size=16", "verify_asan_link_order=0",
     ])
 
 
-def environment(library: str, base: dict | None = None, max_allocation_mb: int = 1024) -> dict:
-    """`base` (default os.environ) plus what a process needs to load the sanitized `library`."""
+def environment(library: str, base: dict | None = None, max_allocation_mb: int = 1024,
+                symbolize: bool = True) -> dict:
+    """`base` (default os.environ) plus what a process needs to load the sanitized `library`.
+    symbolize=False: reports give module+offset frames (fast; the fuzz campaign symbolizes the
+    frame it names with addr2line, a replay symbolizes everything)."""
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = ":".join(p for p in (runtime_library(), cxx_runtime_library()) if p)
-    env["ASAN_OPTIONS"] = asan_options(max_allocation_mb)
-    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+    env["ASAN_OPTIONS"] = asan_options(max_allocation_mb, symbolize)
+    env["UBSAN_OPTIONS"] = f"print_stacktrace=1:halt_on_error=1:abort_on_error=1:symbolize={int(symbolize)}"
     env["ONNXCOMPRESS_LIBRARY"] = str(Path(library).resolve())
     return env
 

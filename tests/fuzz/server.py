@@ -153,7 +153,16 @@ def _warm_up(library: str) -> None:
             model, feeds = opcases.build(opcases.VALID[op](np.random.default_rng(0)))
             (Path(tmp) / "m.onnx").write_bytes(model)
             np.savez(Path(tmp) / "f.npz", **feeds)
-            runner.run_op(str(Path(tmp) / "m.onnx"), str(Path(tmp) / "f.npz"), 2, library)
+            args = (str(Path(tmp) / "m.onnx"), str(Path(tmp) / "f.npz"), 2, library)
+            # probe in a child first: a defect that crashes on a valid node must not kill the server
+            pid = os.fork()
+            if pid == 0:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+                runner.run_op(*args)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                runner.run_op(*args)
 
 
 def main() -> None:
