@@ -6,24 +6,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcompress.data import load_mnist_test, load_mnist_train
 from onnxcompress.evaluation import open_session, run_session
 from onnxcompress.images import photo_crops
+from onnxcompress.inputs import dataset_arrays
 
 
 def eval_data(dataset: str, calib: int, eval_limit: int | None, photos: int = 256):
     """(calibration inputs, test inputs, test labels or None).
 
-    mnist: `calib` seeded training digits and the held-out digits (the first
-    `eval_limit`); photos: crops of the bundled photos with disjoint seeds for
-    calibration and evaluation (`eval_limit` or `photos` of them), no labels.
+    mnist / fashion: a seeded class-balanced sample of `calib` training images and
+    the test set (all of it, or a seeded class-balanced sample of `eval_limit`; the
+    stored sets are sorted by class, so never the first N); photos: crops of the
+    bundled photos with disjoint seeds for calibration and evaluation (`eval_limit`
+    or `photos` of them), no labels.
     """
-    if dataset == "mnist":
-        x_train, _ = load_mnist_train()
-        x_test, y_test = load_mnist_test()
-        if eval_limit:
-            x_test, y_test = x_test[:eval_limit], y_test[:eval_limit]
-        return x_train[np.random.default_rng(0).permutation(len(x_train))[:calib]], x_test, y_test
+    if dataset in ("mnist", "fashion"):
+        x_calib, _ = dataset_arrays(f"{dataset}-train", calib, seed=0)
+        x_test, y_test = dataset_arrays(f"{dataset}-test", eval_limit, seed=0)
+        return x_calib, x_test, y_test
     return photo_crops(calib, seed=1), photo_crops(eval_limit or photos, seed=2), None
 
 
@@ -42,3 +42,28 @@ def fidelity(reference: np.ndarray, scores: np.ndarray) -> dict:
     return {"top1": float(np.mean(scores.argmax(1) == ref_top1)),
             "top5": float(np.mean(np.any(top5 == ref_top1[:, None], axis=1))),
             "cosine": float(np.mean(cos))}
+
+
+def machine_summary() -> str:
+    """CPU model, the vector ISAs it has (the kernels dispatch on them), cores, ORT version, load."""
+    import os
+    import platform
+
+    import onnxruntime as ort
+
+    model, flags = platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model == platform.machine():
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [name for name, flag in (("AVX2", "avx2"), ("FMA", "fma"), ("AVX-512F", "avx512f"),
+                                   ("AVX-512 VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"), ("AMX", "amx_tile"))
+           if flag in flags]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{model}; ISA {'/'.join(isa) or 'unknown'}; {os.cpu_count()} cpus; onnxruntime {ort.__version__}; "
+            f"load average {load:.2f} at start")

@@ -52,7 +52,7 @@ def summary(report) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "models" / "digits_cnn.onnx")
-    ap.add_argument("--dataset", choices=["mnist", "photos"], default="mnist")
+    ap.add_argument("--dataset", choices=["mnist", "fashion", "photos"], default="mnist")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.85, 0.9])
     ap.add_argument("--clusters", type=int, default=16)
     ap.add_argument("--calib", type=int, default=256, help="calibration inputs")
@@ -73,7 +73,7 @@ def main() -> None:
     load = subprocess.run(["top", "-bn1"], capture_output=True, text=True).stdout.splitlines()[:12]
 
     def quality(model: bytes) -> dict:
-        if args.dataset == "mnist":
+        if args.dataset != "photos":
             return {"top1": evaluate_accuracy(model, x_test, y_test).top1}
         return fidelity(reference, logits(model, x_test))
 
@@ -96,7 +96,7 @@ def main() -> None:
             print(f"{mode:>10} s={s:.2f}: achieved {row['sparsity']:.3f} quality {row['top1']:.4f} "
                   f"({row['fit_seconds']:.0f}s)", flush=True)
 
-    q = ["top-1"] if args.dataset == "mnist" else ["top-1 agree", "top-5 agree", "cosine"]
+    q = ["top-1"] if args.dataset != "photos" else ["top-1 agree", "top-5 agree", "cosine"]
     headers = ["mode", "target", "sparsity"] + q + ["bytes x smaller", "min layer cos"] + \
         [f"speedup {t}T" for t in args.threads]
     table = []

@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from onnxcompress.data import load_mnist_test, load_mnist_train  # noqa: E402
+from onnxcompress.inputs import dataset_arrays  # noqa: E402
 from onnxcompress.evaluation import bench_models, compare_models  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
@@ -89,8 +89,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    x, _ = load_mnist_test()
-    calib_x, _ = load_mnist_train()
+    x, _ = dataset_arrays("mnist-test", args.eval, seed=0)  # seeded class-balanced sample (the set is sorted)
+    calib_x, _ = dataset_arrays("mnist-train", args.calib, seed=0)
     print(f"machine: {platform.processor() or platform.machine()}; held-out digits: {len(x)}")
     results = [run(REPO / m if not Path(m).is_absolute() else Path(m), calib_x, x, args)
                for m in args.models if (REPO / m).exists() or Path(m).exists()]

@@ -52,7 +52,7 @@ def mac_totals(report) -> tuple[int, int, int, int]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "models" / "digits_cnn.onnx")
-    ap.add_argument("--dataset", choices=["mnist", "photos"], default="mnist")
+    ap.add_argument("--dataset", choices=["mnist", "fashion", "photos"], default="mnist")
     ap.add_argument("--bases", type=int, nargs="+", default=[3, 4, 5])
     ap.add_argument("--sparsity", type=float, nargs="*", default=[0.5, 0.7, 0.85, 0.9])
     ap.add_argument("--mac-reduction", type=float, nargs="*", default=[],
@@ -74,7 +74,7 @@ def main():
     original = onnx.load(str(args.model))
     name = original.graph.input[0].name
     calib, x_test, y_test = eval_data(args.dataset, args.calib, args.eval_limit)
-    if args.dataset == "mnist":
+    if args.dataset != "photos":
         base_quality = evaluate_accuracy(original, x_test, y_test).top1
     else:
         reference = logits(original, x_test)
@@ -82,7 +82,7 @@ def main():
     feeds = [{name: calib[i:i + 16]} for i in range(0, len(calib), 16)]
 
     def quality(model):
-        if args.dataset == "mnist":
+        if args.dataset != "photos":
             return evaluate_accuracy(model, x_test, y_test).top1
         return float(np.mean(logits(model, x_test).argmax(1) == reference.argmax(1)))
 
@@ -114,7 +114,7 @@ def main():
                     (best is None or row["mac_reduction"] > best[0]["mac_reduction"]):
                 best = (row, model, report)
 
-    what = "top-1" if args.dataset == "mnist" else "top-1 agreement with fp32"
+    what = "top-1" if args.dataset != "photos" else "top-1 agreement with fp32"
     print(f"\nmodel {args.model}; {len(x_test)} test inputs; {args.calib} calibration inputs; original {what} "
           f"{base_quality:.4f}")
     print(format_table(["mode", "d", "coef sparsity", what, "drop (points)", "Conv MACs -%", "basis-stage MACs",

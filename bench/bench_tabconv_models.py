@@ -139,7 +139,7 @@ def int8_model(path: Path, calib: np.ndarray, name: str) -> bytes | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=REPO / "models" / "digits_cnn.onnx")
-    ap.add_argument("--dataset", choices=["mnist", "photos"], default="mnist")
+    ap.add_argument("--dataset", choices=["mnist", "fashion", "photos"], default="mnist")
     ap.add_argument("--settings", nargs="+", default=["9:0", "18:0", "9:0.2", "18:c0.99"])
     ap.add_argument("--bits", type=int, default=8, choices=[8, 32])
     ap.add_argument("--encoder", default="tree", choices=["tree", "exhaustive"])
@@ -160,7 +160,7 @@ def main() -> None:
     fp32 = prepare_for_runtime(original).SerializeToString()
 
     def quality(model) -> dict:
-        if args.dataset == "mnist":
+        if args.dataset != "photos":
             return {"top1": evaluate_accuracy(model, x_test, y_test).top1}
         return fidelity(ref_logits, logits(model, x_test))
 
@@ -191,9 +191,9 @@ def main() -> None:
         for r, lat in zip(rows, bench_models([r["model"] for r in rows], feed, t, runs=args.runs, warmup=10)):
             r[f"ms_{t}t"] = lat.median_ms
             r[f"speedup_{t}t"] = lat.ratio_to_first
-    qcols = ["top1"] if args.dataset == "mnist" else ["top1", "top5", "cosine"]
+    qcols = ["top1"] if args.dataset != "photos" else ["top1", "top5", "cosine"]
     base_q = rows[0]["top1"]
-    headers = ["variant", "layers"] + (["top-1", "kept"] if args.dataset == "mnist" else
+    headers = ["variant", "layers"] + (["top-1", "kept"] if args.dataset != "photos" else
                                        ["top-1 agree", "top-5 agree", "cosine"])
     headers += ["ops (M)", "fewer ops", "lookups (M)"]
     for t in args.threads:
@@ -201,7 +201,7 @@ def main() -> None:
     table = []
     for r in rows:
         line = [r["variant"], r["rewritten"]] + [r[q] for q in qcols]
-        if args.dataset == "mnist":
+        if args.dataset != "photos":
             line.append(f"{r['top1'] / base_q:.1%}")
         line += [f"{r['ops_after'] / 1e6:.2f}", f"{r['fewer_ops']:.1%}" if r["fewer_ops"] == r["fewer_ops"] else "-",
                  f"{r.get('lookups', 0) / 1e6:.2f}"]

