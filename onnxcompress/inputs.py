@@ -333,6 +333,9 @@ def calibration_sample(model: onnx.ModelProto, spec: str, limit: int | None = DE
     if limit is not None and limit < 1:
         raise OnnxCompressError(f"--calib-limit must be >= 1, got {limit}")
     inputs = graph_inputs(model)
+    if not inputs:
+        raise OnnxCompressError("the model has no graph inputs (every input is an initializer or none is "
+                                "declared): there is nothing to calibrate on")
     name, dims = inputs[0][0], inputs[0][1]
     if spec in DATASETS:
         x, y = dataset_arrays(spec, limit, seed, model)
@@ -366,6 +369,8 @@ def image_layout(model: onnx.ModelProto, spec: str) -> tuple[str, int]:
     """('NCHW' or 'NHWC', crop size) of the model's image input for photos / an image folder,
     or an error saying why RGB images do not fit it."""
     inputs = graph_inputs(model)
+    if not inputs:
+        raise OnnxCompressError(f"--calib {spec}: the model has no graph inputs to feed images to")
     name, dims = inputs[0][0], inputs[0][1]
     fix = ("give an .npz of inputs preprocessed the way the model was trained (--calib inputs.npz)")
     if len(inputs) != 1 or len(dims) != 4:

@@ -37,6 +37,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxCompressError(f"{path}: not a readable ONNX model ({exc.__class__.__name__}: {exc})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxCompressError(f"{path}: not an ONNX model (no graph nodes)")
+    check_graph_structure(model, str(path))
     external = [t for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
         base = path.resolve().parent
@@ -50,6 +51,44 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             raise OnnxCompressError(f"{path}: cannot read its external data ({exc.__class__.__name__}: {exc})") \
                 from None
     return model
+
+
+def check_graph_structure(model: onnx.ModelProto, what: str = "the model") -> None:
+    """Refuses a graph that no order of its nodes can run: one tensor produced by two nodes, or a
+    cycle (a node that needs, through other nodes, its own output). ONNX Runtime refuses both;
+    the passes would fail in their topological sort."""
+    producer: dict[str, int] = {}
+    nodes = model.graph.node
+    for i, node in enumerate(nodes):
+        for out in node.output:
+            if not out:
+                continue
+            if out in producer:
+                first = nodes[producer[out]]
+                raise OnnxCompressError(f"{what}: tensor '{out}' is the output of two nodes ({first.op_type} "
+                                        f"'{first.name}' and {node.op_type} '{node.name}'); each tensor must have "
+                                        f"one producer")
+            producer[out] = i
+    users: dict[int, list[int]] = {}
+    waiting = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        needs = {producer[x] for x in node.input if x in producer}
+        waiting[i] = len(needs)
+        for j in needs:
+            users.setdefault(j, []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for u in users.get(i, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if done < len(nodes):
+        node = nodes[next(i for i, w in enumerate(waiting) if w > 0)]
+        raise OnnxCompressError(f"{what}: the graph has a cycle ({len(nodes) - done} node(s) depend on their own "
+                                f"outputs, e.g. {node.op_type} '{node.name}'); an ONNX graph must be acyclic")
 
 
 def _check_location(tensor: onnx.TensorProto, base: Path, path: Path) -> None:

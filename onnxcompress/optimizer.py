@@ -37,6 +37,35 @@ class Report:
                 "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
 
 
+def check_finite_conv_weights(model: onnx.ModelProto) -> None:
+    """Refuses Conv weights or biases holding NaN or inf (a broken model): every method fits to the
+    weights, and some fits never return on them (LAPACK's SVD loops on inf)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and node.output:
+                    consts[node.output[0]] = a.t
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        for role, name in zip(("weights", "bias"), list(node.input)[1:3]):
+            tensor = consts.get(name)
+            if tensor is None or tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                          onnx.TensorProto.FLOAT16):
+                continue
+            try:
+                values = numpy_helper.to_array(tensor)
+            except Exception:  # noqa: BLE001 - unreadable data is the passes' error to report
+                continue
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise OnnxCompressError(f"Conv '{node.name or name}': {bad} of its {values.size} {role} are NaN or "
+                                        f"inf; the model is broken (re-export it from a trained checkpoint)")
+
+
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
     """canonicalise, the method's rewriting passes, fuse activations, clean up."""
     _, opts = resolve_options(method, options)
@@ -54,8 +83,12 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     depends on (for falcon: the real zero fraction at every Conv input).
     options: the method's options (onnxcompress.methods), None = default.
     """
+    from .model_io import check_graph_structure
+
     schemas.register_schemas()
     m, opts = resolve_options(method, options)
+    check_graph_structure(model)
+    check_finite_conv_weights(model)
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
     if calib_feeds:

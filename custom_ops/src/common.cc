@@ -27,6 +27,44 @@ int64_t CheckedAdd(int64_t a, int64_t b, const char* what) {
   return out;
 }
 
+namespace {
+const OrtShapeInferContext*& CurrentShapeInferContext() {
+  thread_local const OrtShapeInferContext* current = nullptr;
+  return current;
+}
+}  // namespace
+
+ShapeInferScope::ShapeInferScope(const OrtShapeInferContext* ctx) : previous_(CurrentShapeInferContext()) {
+  CurrentShapeInferContext() = ctx;
+}
+
+ShapeInferScope::~ShapeInferScope() { CurrentShapeInferContext() = previous_; }
+
+std::string ShapeInferAttrString(const char* name) {
+  const OrtShapeInferContext* ctx = CurrentShapeInferContext();
+  if (ctx == nullptr) throw std::logic_error("ShapeInferAttrString outside a shape inference");
+  const OrtApi& api = Ort::GetApi();
+  const OrtOpAttr* attr = nullptr;
+  Ort::ThrowOnError(api.ShapeInferContext_GetAttribute(ctx, name, &attr));
+  if (attr == nullptr) throw std::runtime_error(std::string("no attribute ") + name);
+  // The first read asks for the size (runtimes differ: with or without a terminating NUL).
+  char probe = 0;
+  size_t size = 0;
+  if (OrtStatus* status = api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, &probe, 0, &size)) {
+    api.ReleaseStatus(status);
+  }
+  if (size == 0) {
+    Ort::ThrowOnError(api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, &probe, 0, &size));  // empty, or not a string
+    return std::string();
+  }
+  std::vector<char> chars(size + 1, '\0');
+  size_t written = 0;
+  Ort::ThrowOnError(api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, chars.data(), size, &written));
+  written = std::min(written, size);
+  const auto end = std::find(chars.begin(), chars.begin() + static_cast<std::ptrdiff_t>(written), '\0');
+  return std::string(chars.begin(), end);
+}
+
 bool HasAttribute(const Ort::ConstKernelInfo& info, const char* name) {
   const OrtApi& api = Ort::GetApi();
   const OrtKernelInfo* raw = info;

@@ -52,6 +52,25 @@ int64_t CheckedAdd(int64_t a, int64_t b, const char* what);
 int64_t AttrInt(const Ort::ConstKernelInfo& info, const char* name, int64_t fallback);
 float AttrFloat(const Ort::ConstKernelInfo& info, const char* name, float fallback);
 std::string AttrString(const Ort::ConstKernelInfo& info, const char* name, const std::string& fallback);
+
+// String attributes during ORT's shape inference. Ort::ShapeInferContext::GetAttrString
+// (the C++ header) copies the attribute into a buffer of exactly its length and then
+// builds the std::string with strlen, reading past the buffer (found by the ASan fuzz,
+// tests/fuzz). CustomOp (op_base.h) runs each shape inference inside a
+// ShapeInferScope, which makes the raw context of this thread's current inference
+// available to ShapeInferAttrString; it reads with the length and throws when the
+// attribute is absent or not a string.
+class ShapeInferScope {
+ public:
+  explicit ShapeInferScope(const OrtShapeInferContext* ctx);
+  ~ShapeInferScope();
+  ShapeInferScope(const ShapeInferScope&) = delete;
+  ShapeInferScope& operator=(const ShapeInferScope&) = delete;
+
+ private:
+  const OrtShapeInferContext* previous_;
+};
+std::string ShapeInferAttrString(const char* name);
 std::vector<int64_t> AttrInts(const Ort::ConstKernelInfo& info, const char* name,
                               const std::vector<int64_t>& fallback);
 // Whether the node has an attribute `name` of a type a kernel can read (int,

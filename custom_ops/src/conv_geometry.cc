@@ -57,7 +57,7 @@ struct ShapeInferSource {
     return Or(d, [&] { return ctx.GetAttrInts(n); });
   }
   std::string String(const char* n, const std::string& d) const {
-    return Or(d, [&] { return ctx.GetAttrString(n); });
+    return Or(d, [&] { return ShapeInferAttrString(n); });  // not ctx.GetAttrString (common.h)
   }
 };
 }  // namespace
