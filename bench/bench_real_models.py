@@ -121,7 +121,8 @@ def check_output(path: Path) -> str | None:
     return None
 
 
-def run_model(key: str, variants, sizes, work: Path, timeout: float, seed: int) -> list[dict]:
+def run_model(key: str, variants, sizes, work: Path, timeout: float, seed: int,
+              calib_rows: int | None = None) -> list[dict]:
     model = realmodels.model_path(key)
     n_eval, n_calib, n_compare = sizes[key]
     rows = []
@@ -148,6 +149,8 @@ def run_model(key: str, variants, sizes, work: Path, timeout: float, seed: int) 
                 "--report", str(report_path), *extra]
         if calibrated:
             args += ["--calib", str(calib), "--calib-limit", str(n_calib)]
+            if calib_rows and method != "falcon":
+                args += ["--calib-rows", str(calib_rows)]
         rc, out, err, secs = cli(args, timeout)
         row = {"model": key, "method": name, "before": before, "after": None, "cosine": None, "seconds": secs,
                "clean": True}
@@ -196,16 +199,17 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(realmodels.MODELS), choices=list(realmodels.MODELS))
-    ap.add_argument("--methods", nargs="+", help="variants to run (default all): " +
+    ap.add_argument("--methods", nargs="+", help="variants to run, by their names in the table (default all): " +
                     ", ".join(v[0] for v in VARIANTS))
     ap.add_argument("--quick", action="store_true", help="fewer samples")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per command")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib-rows", type=int, help="--calib-rows for the calibrated fits (default: the CLI's)")
     ap.add_argument("--work", help="folder for the written models (default: a temporary one)")
     ap.add_argument("--markdown", help="also write the table to this file")
     args = ap.parse_args()
 
-    variants = [v for v in VARIANTS if not args.methods or v[0] in args.methods or v[1] in args.methods]
+    variants = [v for v in VARIANTS if not args.methods or v[0] in args.methods]
     sizes = QUICK if args.quick else SIZES
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +220,7 @@ def main() -> int:
             if reason:
                 print(f"\n## {key}: skipped, {reason}")
                 continue
-            rows += run_model(key, variants, sizes, work, args.timeout, args.seed)
+            rows += run_model(key, variants, sizes, work, args.timeout, args.seed, args.calib_rows)
     table = markdown(rows)
     print("\n" + table)
     if args.markdown:
