@@ -153,4 +153,17 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         # MACs the kernel still has to do when it skips every zero input.
         skipped = sum((r.get("macs") or 0) * r.get("input_zero_fraction", 0.0) for r in rewritten)
         report.totals["conv_macs_on_nonzero_inputs"] = int(macs - skipped)
+    report.notes += not_rewritten_notes(model)
     return out, report
+
+
+# Convolution-like ops no method rewrites (only Conv is): said in the report, so
+# that a detector's ConvTranspose upsampling or a quantised export's ConvInteger
+# is not silently missing from the table.
+CONV_LIKE = ("ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv")
+
+
+def not_rewritten_notes(model: onnx.ModelProto) -> list[str]:
+    counts = {op: sum(n.op_type == op and n.domain in ("", "ai.onnx") for n in model.graph.node) for op in CONV_LIKE}
+    return [f"{k} {op} node(s) left as they are: the methods rewrite Conv only"
+            for op, k in counts.items() if k]
