@@ -9,6 +9,8 @@
   tests/fuzz/build_asan.sh).
 - The judge, the case generators' determinism and replay are checked directly
   (a judge that called everything clean would make the run pass vacuously).
+- tests/fuzz/corpus holds cases the fuzzer found failing (each case.json says
+  how); every one must now replay clean, with and without ASan.
 
 The 10,000-case run is bench/fuzz_ops.py.
 """
@@ -161,3 +163,25 @@ def test_memory_limit_is_enforced(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = runner.watch(proc.pid, 60, 250 << 20)
     assert end["over_memory"]
+
+
+# ------------------------------------------------------------------ the corpus
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+CORPUS_CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "case.json").is_file())
+
+
+@pytest.mark.parametrize("case", CORPUS_CASES)
+def test_corpus_case_replays_clean(case):
+    """Every case the fuzzer found failing (kept in tests/fuzz/corpus, its case.json says how it
+    failed) is now a clean rejection or a successful run."""
+    outcome, detail, stderr = replay.replay(CORPUS / case)
+    assert outcome not in runner.FAILURES, f"{outcome}: {detail}\n{stderr[-3000:]}"
+
+
+@pytest.mark.skipif(not os.environ.get("ONNXCOMPRESS_FUZZ_ASAN"),
+                    reason="set ONNXCOMPRESS_FUZZ_ASAN to a library built by tests/fuzz/build_asan.sh")
+@pytest.mark.parametrize("case", CORPUS_CASES)
+def test_corpus_case_replays_clean_asan(case):
+    outcome, detail, stderr = replay.replay(CORPUS / case, asan=os.environ["ONNXCOMPRESS_FUZZ_ASAN"])
+    assert outcome not in runner.FAILURES, f"{outcome}: {detail}\n{stderr[-3000:]}"
