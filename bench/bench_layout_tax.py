@@ -375,6 +375,8 @@ def timing_tables(prof: dict, e2e: dict, graphs: dict, ours: list, threads: int)
          f"{reorder[('original', 'ALL')]:.1f} / {reorder[('rewritten', 'ALL')]:.1f}"],
         ["all other nodes (not replaced, not reorders), original / rewritten, us",
          f"{rest_orig:.1f} / {rest_rew:.1f}"],
+        ["executor time outside kernels (model_run - kernels), original / rewritten, us",
+         f"{t_orig - sum(sums[('original', 'ALL')].values()):.1f} / {t_rew - sum(sums[('rewritten', 'ALL')].values()):.1f}"],
         ["gap: saved - measured profiled difference, us", saved - (t_orig - t_rew)],
         ["ORT fp32 ALL vs EXTENDED (NCHWc worth), original", e2e[("original", "EXTENDED")] / e_orig],
         ["rewritten at ALL vs original at EXTENDED", e2e[("original", "EXTENDED")] / e_rew],
