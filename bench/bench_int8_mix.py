@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from onnxcompress import DOMAIN  # noqa: E402
 from onnxcompress.analysis import analyse_convs  # noqa: E402
 from onnxcompress.errors import OnnxCompressError  # noqa: E402
-from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
+from onnxcompress.evaluation import evaluate_accuracy, open_session  # noqa: E402
 from onnxcompress.inputs import calibration_feeds, dataset_arrays  # noqa: E402
 from onnxcompress.int8 import _Reader, conv_names, int8_convs, quantize_convs  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
@@ -59,6 +59,24 @@ def balanced_sample(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     idx = np.concatenate([rng.choice(np.flatnonzero(y == c), per, replace=False) for c in labels])
     idx = rng.permutation(idx)
     return x[idx], y[idx]
+
+
+def interleaved(models: list[bytes], feed: dict, threads: int, runs: int, warmup: int = 10):
+    """Median wall time and median CPU time of this thread (ms) per model, runs interleaved
+    (as onnxcompress.evaluation.bench_models). At 1 thread ORT runs the model on the calling
+    thread, so its CPU time is the latency with the preemption by other jobs left out."""
+    sessions = [open_session(m, threads, spinning=threads == 1) for m in models]
+    for _ in range(warmup):
+        for sess in sessions:
+            sess.run(None, feed)
+    wall, cpu = [[] for _ in sessions], [[] for _ in sessions]
+    for _ in range(runs):
+        for i, sess in enumerate(sessions):
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            sess.run(None, feed)
+            wall[i].append(time.perf_counter() - start)
+            cpu[i].append(time.thread_time() - start_cpu)
+    return [1e3 * float(np.median(w)) for w in wall], [1e3 * float(np.median(c)) for c in cpu]
 
 
 def peer_int8(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
@@ -188,15 +206,17 @@ def run(args) -> None:
         name = load_model(path).graph.input[0].name
         feed = {name: x_eval[:1]}
         for t in args.threads:
-            medians = []
+            walls, cpus = [], []
             for _ in range(args.rounds):
                 print(f"{path.name}, {t} thread(s): {load_note()}")
-                medians.append([lat.median_ms for lat in bench_models([r["model"] for r in rows], feed, t,
-                                                                      runs=args.runs, warmup=10)])
-            per = np.median(np.array(medians), axis=0)
-            spread = np.ptp(np.array(medians), axis=0)
-            for r, ms, sp in zip(rows, per, spread):
+                w, c = interleaved([r["model"] for r in rows], feed, t, args.runs)
+                walls.append(w)
+                cpus.append(c)
+            per, spread = np.median(np.array(walls), axis=0), np.ptp(np.array(walls), axis=0)
+            for r, ms, sp, c in zip(rows, per, spread, np.median(np.array(cpus), axis=0)):
                 r[f"ms_{t}t"], r[f"spread_{t}t"] = float(ms), float(sp)
+                if t == 1:
+                    r["cpu_ms_1t"] = float(c)
         base = rows[0]
         int8 = rows[1]
         table = []
@@ -204,10 +224,14 @@ def run(args) -> None:
             line = [r["variant"], r["convs"], 100 * r["top1"], 100 * (r["top1"] - base["top1"])]
             for t in args.threads:
                 line += [r[f"ms_{t}t"], base[f"ms_{t}t"] / r[f"ms_{t}t"], int8[f"ms_{t}t"] / r[f"ms_{t}t"]]
+                if t == 1:
+                    line += [r["cpu_ms_1t"], base["cpu_ms_1t"] / r["cpu_ms_1t"], int8["cpu_ms_1t"] / r["cpu_ms_1t"]]
             table.append(line)
         headers = ["variant", "Convs int8/ours/fp32", "top-1 %", "pts vs fp32"]
         for t in args.threads:
             headers += [f"ms {t}t", f"x fp32 {t}t", f"x int8 {t}t"]
+            if t == 1:
+                headers += ["CPU ms 1t", "x fp32 CPU", "x int8 CPU"]
         print(f"\n== {path.name}: {len(x_eval)} held-out digits (balanced, seed 0), {args.calib} calibration "
               f"digits; latency batch 1, median of {args.rounds} interleaved rounds of {args.runs} runs")
         print(format_table(headers, table))
