@@ -1,0 +1,253 @@
+"""INT8 as one more per-layer choice: static quantization (QDQ, per-channel
+weights, activation ranges calibrated on the given calibration inputs) of
+chosen Conv nodes, with ONNX Runtime's own quantization tool
+(onnxruntime.quantization: quant_pre_process, its calibrators, quantize_static
+with nodes_to_quantize / nodes_to_exclude / op_types_to_quantize), so that
+one model can hold INT8 Convs, our ops (domain ai.onnxcompress) and fp32 Convs.
+
+Order: rewrite with onnxcompress first, quantize after. The other order does
+not work: our rewriting passes need a Conv's weight as a constant, and after
+QDQ quantization it is the output of a DequantizeLinear; and the planner's
+techniques fit to the fp32 model's activations.
+
+ORT's quantizer copes with our nodes once two of its steps run in sessions
+that know our ops: it opens plain onnxruntime sessions (without our custom-op
+library) for quant_pre_process's graph optimisation and for calibration,
+and a model holding ai.onnxcompress nodes fails to load in them. So here
+- pre-processing runs quant_pre_process's ORT_ENABLE_BASIC optimisation in a
+  session with our library registered (exactly its settings), then
+  quant_pre_process itself with skip_optimization for the shape inference
+  (onnx's, which knows our ops once onnxcompress.schemas are registered);
+- calibration uses ORT's calibrator classes (MinMax / Entropy / Percentile /
+  Distribution, the same ones quantize_static builds) with only their
+  session creation replaced by one that registers our library; the ranges
+  they compute go to quantize_static through its calibration cache
+  (calibration_cache_path), so quantize_static quantizes with them and runs
+  no calibration session of its own.
+Models without our nodes take the same path (the sessions are then plain ORT
+sessions plus an unused library).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from . import DOMAIN, schemas
+from ._runtime import session_options
+from .errors import OnnxCompressError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+ACTIVATIONS = ("Relu", "Clip")
+
+
+def _calibration_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
+    key = str(name).lower()
+    if key not in table:
+        raise OnnxCompressError(f"unknown calibration method '{name}'; choose one of {', '.join(CALIBRATION_METHODS)}")
+    return table[key]
+
+
+def conv_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the standard ONNX Conv nodes of `model` (our ops are not among them)."""
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+
+
+def int8_convs(model: onnx.ModelProto) -> list[str]:
+    """Conv nodes that run in INT8 in a QDQ model: their input and weight both come from DequantizeLinear."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def dequantized(tensor: str) -> bool:
+        p = producer.get(tensor)
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    return [n.name for n in model.graph.node
+            if n.op_type == "Conv" and n.domain in ("", "ai.onnx") and len(n.input) > 1
+            and dequantized(n.input[0]) and dequantized(n.input[1])]
+
+
+def _check_names(model: onnx.ModelProto, names: Iterable[str], what: str) -> list[str]:
+    names = list(names)
+    convs = set(conv_names(model))
+    ours = {n.name: n.op_type for n in model.graph.node if n.domain == DOMAIN}
+    for name in names:
+        if not isinstance(name, str):
+            raise OnnxCompressError(f"{what}: node names must be strings, got {name!r}")
+        if name in ours:
+            raise OnnxCompressError(f"{what}: '{name}' is an onnxcompress {ours[name]}, not a Conv; "
+                                    "INT8 applies to the Convs left to ONNX Runtime")
+        if name not in convs:
+            shown = ", ".join(sorted(convs)[:8]) + (" ..." if len(convs) > 8 else "")
+            raise OnnxCompressError(f"{what}: the model has no Conv node named '{name}' (its Conv nodes: "
+                                    f"{shown or 'none'})")
+    return names
+
+
+def _following_activation(model: onnx.ModelProto, conv: str) -> str | None:
+    """The Relu / Clip that is the only consumer of Conv `conv`'s output, if any: quantized with it,
+    ORT's QDQ quantizer folds it into the Conv's output range instead of running it in fp32."""
+    node = next(n for n in model.graph.node if n.name == conv)
+    consumers = [n for n in model.graph.node if node.output[0] in n.input]
+    outputs = {o.name for o in model.graph.output}
+    if len(consumers) == 1 and consumers[0].op_type in ACTIVATIONS and node.output[0] not in outputs:
+        return consumers[0].name or None
+    return None
+
+
+def _pre_process(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
+    """quant_pre_process with its ORT optimisation step run in a session that knows our ops."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .model_io import prepare_for_runtime
+
+    src, optimized, out = workdir / "input.onnx", workdir / "basic.onnx", workdir / "pre.onnx"
+    onnx.save(prepare_for_runtime(onnx.ModelProto.FromString(model.SerializeToString())), str(src))
+    opts = session_options()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(optimized)
+    try:
+        ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise OnnxCompressError(f"quantize: ONNX Runtime cannot load the model: {exc}") from None
+    quant_pre_process(str(optimized), str(out), skip_optimization=True, skip_symbolic_shape=True)
+    return onnx.load(str(out))
+
+
+def _calibrate(model_path: Path, op_types: list[str], feeds: list[dict[str, np.ndarray]], method, workdir: Path,
+               extra: dict):
+    """ORT's calibrator for `method`, its session opened with our library; returns its TensorsData."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate as cal
+
+    classes = {cal.CalibrationMethod.MinMax: cal.MinMaxCalibrater, cal.CalibrationMethod.Entropy: cal.EntropyCalibrater,
+               cal.CalibrationMethod.Percentile: cal.PercentileCalibrater,
+               cal.CalibrationMethod.Distribution: cal.DistributionCalibrater}
+
+    class WithOurOps(classes[method]):
+        def create_inference_session(self):
+            opts = session_options()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=opts,
+                                                      providers=self.execution_providers)
+
+    kwargs = {}
+    if method == cal.CalibrationMethod.MinMax:
+        kwargs.update(symmetric=extra.get("symmetric", False), moving_average=extra.get("moving_average", False),
+                      averaging_constant=extra.get("averaging_constant", 0.01), per_channel=False)
+    elif method == cal.CalibrationMethod.Entropy:
+        kwargs.update(symmetric=extra.get("symmetric", False), num_bins=extra.get("num_bins", 128),
+                      num_quantized_bins=extra.get("num_quantized_bins", 128))
+    elif method == cal.CalibrationMethod.Percentile:
+        kwargs.update(symmetric=extra.get("symmetric", True), num_bins=extra.get("num_bins", 2048),
+                      percentile=extra.get("percentile", 99.999))
+    else:
+        kwargs.update(num_bins=extra.get("num_bins", 2048), scenario=extra.get("scenario", "same"))
+    calibrator = WithOurOps(str(model_path), op_types, str(workdir / "augmented.onnx"), **kwargs)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(_Reader(feeds))
+    return calibrator.compute_data()
+
+
+class _Reader:
+    """A CalibrationDataReader over a list of feeds (defined lazily so that importing this module
+    does not import onnxruntime.quantization)."""
+
+    def __new__(cls, feeds):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, items):
+                self.items = list(items)
+                self.position = 0
+
+            def get_next(self):
+                if self.position >= len(self.items):
+                    return None
+                self.position += 1
+                return self.items[self.position - 1]
+
+            def __len__(self):
+                return len(self.items)
+
+            def set_range(self, start_index, end_index):
+                self.items = self.items[start_index:end_index]
+                self.position = 0
+
+        return Reader(feeds)
+
+
+def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
+                   nodes: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
+                   calibrate_method: str = "minmax", per_channel: bool = True,
+                   fold_activations: bool = True, extra_options: dict | None = None) -> onnx.ModelProto:
+    """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
+
+    nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
+    exclude: Conv names to leave in fp32 (applied after `nodes`). Our ai.onnxcompress nodes
+    are never quantized, and naming one, or a name that is no Conv, is an error.
+    calib_feeds: calibration inputs (a list of {input name: array}), the same the rewrite used.
+    calibrate_method: 'minmax' (default), 'entropy', 'percentile' or 'distribution' (ORT's).
+    per_channel: per-output-channel weight scales (s8 weights, u8 activations).
+    fold_activations: also hand ORT's quantizer the Relu / Clip right after each chosen Conv,
+    which it folds into the Conv's output quantization (ORT then runs Conv+Relu as one
+    QLinearConv) instead of running them in fp32 between a DequantizeLinear and a QuantizeLinear.
+    extra_options: passed to quantize_static (and the calibrator's settings read from it).
+
+    Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from .model_io import prepare_for_runtime
+
+    schemas.register_schemas()
+    if not calib_feeds:
+        raise OnnxCompressError("quantize: INT8 needs calibration inputs for the activation ranges")
+    method = _calibration_method(calibrate_method)
+    chosen = _check_names(model, conv_names(model) if nodes is None else nodes, "quantize")
+    excluded = set(_check_names(model, exclude, "quantize: exclude"))
+    chosen = [n for n in dict.fromkeys(chosen) if n not in excluded]
+    if not chosen:
+        return onnx.ModelProto.FromString(model.SerializeToString())
+    if len({n.name for n in model.graph.node}) != len(model.graph.node):
+        raise OnnxCompressError("quantize: node names must be unique (ORT's quantizer selects nodes by name)")
+    extra = dict(extra_options or {})
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
+        workdir = Path(tmp)
+        pre = _pre_process(model, workdir)
+        missing = [n for n in chosen if n not in set(conv_names(pre))]
+        if missing:
+            raise OnnxCompressError(f"quantize: ONNX Runtime's pre-processing removed or renamed Conv(s) {missing}")
+        selected = list(chosen)
+        op_types = ["Conv"]
+        if fold_activations:
+            acts = [a for a in (_following_activation(pre, c) for c in chosen) if a]
+            selected += acts
+            op_types += sorted({n.op_type for n in pre.graph.node if n.name in acts})
+        pre_path = workdir / "pre.onnx"
+        onnx.save(pre, str(pre_path))
+        ranges = _calibrate(pre_path, op_types, calib_feeds, method, workdir, extra)
+        cache = workdir / "ranges.json"
+        save_tensors_data(ranges, cache)
+        ours = [n.name for n in pre.graph.node if n.domain == DOMAIN]
+        out = workdir / "int8.onnx"
+        try:
+            quantize_static(str(pre_path), str(out), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=op_types, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=selected, nodes_to_exclude=ours, calibrate_method=method,
+                            extra_options=extra, calibration_cache_path=str(cache))
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
+        result = onnx.load(str(out))
+    return prepare_for_runtime(result)
