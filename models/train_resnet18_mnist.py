@@ -19,12 +19,12 @@ from models._common import ResNet, finish, load_data, setup, train
 EPOCHS = 5
 
 
-def main(seed: int = 0, name: str = "resnet18_mnist", fold_bn: bool = False):
+def main(seed: int = 0, name: str = "resnet18_mnist", fold_bn: bool = False, bf16: bool = False):
     setup(seed=seed)
     train_data, test_data = load_data()
     model = ResNet(widths=(64, 128, 256, 512), strides=(1, 2, 2, 2), blocks=(2, 2, 2, 2))
     t = train(model, train_data, test_data, epochs=EPOCHS, lr=0.05, batch=64, weight_decay=5e-4, max_shift=2,
-              eval_every=EPOCHS, seed=seed)
+              eval_every=EPOCHS, seed=seed, bf16=bf16, log_every=20)
     finish(model, name, test_data, t, fold_bn=fold_bn)
 
 
