@@ -6,7 +6,6 @@ two basic blocks at 64/128/256/512 channels with strides 1/2/2/2 (feature maps
 20 Conv layers (17 3x3 + 3 1x1 shortcuts).  Writes models/resnet18_mnist.onnx.
 
     python models/train_resnet18_mnist.py
-    python models/train_resnet18_mnist_twin.py   # seed 1, BN folded: models/resnet18_mnist_twin.onnx
 """
 
 import sys
@@ -19,13 +18,13 @@ from models._common import ResNet, finish, load_data, setup, train
 EPOCHS = 5
 
 
-def main(seed: int = 0, name: str = "resnet18_mnist", fold_bn: bool = False, bf16: bool = False):
-    setup(seed=seed)
+def main():
+    setup(seed=0)
     train_data, test_data = load_data()
     model = ResNet(widths=(64, 128, 256, 512), strides=(1, 2, 2, 2), blocks=(2, 2, 2, 2))
     t = train(model, train_data, test_data, epochs=EPOCHS, lr=0.05, batch=64, weight_decay=5e-4, max_shift=2,
-              eval_every=EPOCHS, seed=seed, bf16=bf16, log_every=20)
-    finish(model, name, test_data, t, fold_bn=fold_bn)
+              eval_every=EPOCHS)
+    finish(model, "resnet18_mnist", test_data, t)
 
 
 if __name__ == "__main__":

@@ -231,6 +231,7 @@ def fashion_dir() -> Path:
     if r.returncode != 0 or not _fashion_dir_ok(unpacked):
         raise RuntimeError(f"`dpkg-deb -x {debs[-1]} {cache}` did not give the Fashion-MNIST files "
                            f"({(r.stderr or '').strip() or 'files missing'}). " + _fashion_howto(cache))
+    shutil.rmtree(download, ignore_errors=True)  # the unpacked files are what is kept
     return unpacked
 
 

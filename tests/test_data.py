@@ -113,3 +113,12 @@ def test_env_dir_without_files_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXCOMPRESS_FASHION_DIR", str(tmp_path))
     with pytest.raises(RuntimeError, match="does not hold the Fashion-MNIST IDX files.*apt-get install dataset-fashion-mnist"):
         load_fashion_train()
+
+
+def test_missing_files_without_apt_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONNXCOMPRESS_FASHION_DIR", raising=False)
+    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(data, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get/dpkg-deb are not available.*apt-get install dataset-fashion-mnist"):
+        load_fashion_test()
