@@ -1,4 +1,7 @@
-"""MNIST digits for training and evaluating the bundled models (numpy only).
+"""MNIST digits and Fashion-MNIST for training and evaluating the bundled models (numpy only).
+
+Fashion-MNIST: see the section at the end (``load_fashion_train`` /
+``load_fashion_test``, Debian's ``dataset-fashion-mnist`` IDX files).  MNIST:
 
 Two small, permissively licensed sources are used, so nothing has to be
 fetched from a model or data-set hub:
