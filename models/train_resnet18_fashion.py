@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models._common import ResNet, deadline_from_argv, finish, load_data, setup, train_wsd
 
-STABLE_STEPS = None
-DECAY_STEPS = None
+STABLE_STEPS = 271
+DECAY_STEPS = 271
 
 
 def main():
