@@ -178,6 +178,8 @@ METHODS["tabconv"] = Method(
 COMMON_OPTIONS = (
     Option("allow_dynamic_weights", bool, False, "leave Conv nodes with run-time weights alone instead of failing",
            is_flag=True),
+    Option("layers", str, None, "comma-separated names of the Conv nodes the method may rewrite (default: every "
+           "Conv; names as `onnxcompress inspect` shows them)"),
 )
 
 
