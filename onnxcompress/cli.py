@@ -91,8 +91,11 @@ def _method_options(command):
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--verify", is_flag=True, help="Check the model with onnx.checker and ONNX Runtime after every pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="--method auto: write the validation metric against the speedup of every single-method "
+                   "setting and of the plan as a PNG (default with --report: beside it; needs matplotlib).")
 @_method_options
-def optimize(model, output, method, calib, calib_limit, calib_seed, verify, report_path, **options):
+def optimize(model, output, method, calib, calib_limit, calib_seed, verify, report_path, plot_path, **options):
     """Rewrite MODEL's Conv nodes and write the result to OUTPUT."""
     from .inputs import calibration_sample
     from .model_io import has_external_data, save_model
@@ -107,11 +110,21 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, verify, repo
         click.echo(f"calibration: {what}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # printed from the report below
-        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, **options)
+        progress = (lambda line: click.echo(line, err=True)) if method == "auto" else None
+        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, progress=progress, **options)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     save_model(out, output, input_path=model, external_data=True if has_external_data(model) else None)
-    _print_report(report)
+    if report.plan is not None:
+        from .plan.report import plot_plan, print_plan
+
+        print_plan(report, click.echo)
+        if plot_path or report_path:
+            png = plot_path or str(Path(report_path).with_suffix(".png"))
+            written = plot_plan(report.plan, png)
+            click.echo(f"wrote {png}" if written else f"note: {png} not written ({written.reason})")
+    else:
+        _print_report(report)
     if report_path:
         Path(report_path).write_text(json.dumps(report.as_dict(), indent=2))
     click.echo(f"wrote {output}")

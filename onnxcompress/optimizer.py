@@ -30,9 +30,14 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # what check_calibration found, when calibration data was given
 
+    plan: dict[str, Any] | None = None  # --method auto: budget, achieved, speedups, settings (onnxcompress.plan)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
-                "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
+        out = {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
+               "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
 
 
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
@@ -44,20 +49,21 @@ def build_pipeline(method: str, options: dict[str, Any]) -> list:
 
 
 def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = False,
-             calib_feeds: list[dict[str, np.ndarray]] | None = None, **options) -> tuple[onnx.ModelProto, Report]:
+             calib_feeds: list[dict[str, np.ndarray]] | None = None, progress=None,
+             **options) -> tuple[onnx.ModelProto, Report]:
     """Rewrites `model` with `method`; returns the new model and its report.
 
     calib_feeds: calibration inputs; techniques that fit to data use them (and
     may require them), and the report measures on them what the technique
     depends on (for falcon: the real zero fraction at every Conv input).
     options: the method's options (onnxcompress.methods), None = default.
+    method "auto": plans every layer across the techniques (onnxcompress.plan); progress, a
+    callable taking one line, hears what it does.
     """
     schemas.register_schemas()
     m, opts = resolve_options(method, options)
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
-    manager = PassManager(build_pipeline(method, options), verify=verify)
-    before = analyse_convs(model)
     report = Report(method)
     if calib_feeds:
         from .calibration.diagnostics import check_calibration
@@ -67,6 +73,10 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         report.warnings.extend(check.warnings)
         for w in check.warnings:
             warnings.warn(w, CalibrationWarning, stacklevel=2)
+    if method == "auto":
+        return _optimize_auto(model, opts, calib_feeds, verify, report, progress)
+    manager = PassManager(build_pipeline(method, options), verify=verify)
+    before = analyse_convs(model)
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
 
     report.passes = [vars(r) for r in ctx.runs]
@@ -99,3 +109,30 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         skipped = sum((r.get("macs") or 0) * r.get("input_zero_fraction", 0.0) for r in rewritten)
         report.totals["conv_macs_on_nonzero_inputs"] = int(macs - skipped)
     return out, report
+
+
+def _optimize_auto(model, opts, calib_feeds, verify, report, progress):
+    from .inputs import labelled_arrays
+    from .plan import plan_model
+    from .plan.timing import default_cache_path
+
+    eval_data = labelled_arrays(model, opts["eval"], opts["eval_limit"], seed=0) if opts["eval"] else None
+    cache = opts["timing_cache"]
+    cache = None if cache == "off" else (cache or str(default_cache_path()))
+    result = plan_model(model, calib_feeds, max_drop=opts["max_drop"], min_agreement=opts["min_agreement"],
+                        min_cosine=opts["min_cosine"], eval_data=eval_data, layers=opts["layers"],
+                        kinds=opts["candidates"], threads=opts["threads"], val_fraction=opts["val_fraction"],
+                        seed=opts["seed"], timing_cache=cache, progress=progress)
+    if verify:
+        from .passes.base import verify_model
+
+        verify_model(result.model, "auto")
+    report.layers = result.layers
+    report.notes.extend(result.notes)
+    report.plan = {**result.summary, "settings": result.settings}
+    s = result.summary
+    report.totals = {"conv_layers": s["conv_layers"], "rewritten": s["layers_replaced"],
+                     "skipped": s["conv_layers"] - s["layers_replaced"], "conv_macs": s["macs_before"],
+                     "conv_macs_after": s["macs_after"], "initializer_bytes_before": initializer_bytes(model),
+                     "initializer_bytes_after": initializer_bytes(result.model)}
+    return result.model, report
