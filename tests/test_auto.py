@@ -190,7 +190,7 @@ def test_auto_honours_layers():
 
 
 @pytest.mark.parametrize("method,opts", [("falcon", {"select": "all"}), ("cluspa", {"sparsity": 0.5}),
-                                         ("penni", {"bases": 3}), ("tabconv", {})])
+                                         ("penni", {"bases": 3}), ("tabconv", {"ridge": 1e-3, "calib_rows": 2000})])
 def test_single_methods_honour_layers(method, opts):
     import onnxcompress
 
@@ -220,12 +220,14 @@ def test_timing_cache_is_reused(tmp_path):
 
 def test_auto_on_digits_cnn_with_labels(tmp_path):
     """The bundled digit classifier, a small labelled calibration set, --max-drop on labelled data."""
-    from onnxcompress.inputs import calibration_feeds, dataset_arrays
+    from onnxcompress.inputs import dataset_arrays
     from onnxcompress.model_io import load_model
 
     model = load_model("models/digits_cnn.onnx")
-    feeds = calibration_feeds(model, "mnist-train", limit=32)
-    x, y = dataset_arrays("mnist-test", 200, seed=0, model=model)
+    # one seeded, balanced, shuffled sample: its first 40 digits calibrate, the other 200 evaluate
+    xs, ys = dataset_arrays("mnist-test", 240, seed=0, model=model)
+    feeds = [{"input": xs[i:i + 8]} for i in range(0, 40, 8)]
+    x, y = xs[40:], ys[40:]
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     result = plan_model(model, feeds, max_drop=0.5, eval_data=(x, y), layers=convs[1:4],
                         candidates=candidate_list("falcon,cluspa")[:2], timer=FakeTimer(), report_threads=(1,),
