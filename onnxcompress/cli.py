@@ -188,14 +188,25 @@ def inspect(model, as_json):
 @click.option("--limit", type=int, help="Use at most this many samples of --data/--dataset.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
+@click.option("--per-layer", is_flag=True, help="Compare each Conv's output (matched by its output tensor's name, "
+              "or by node name where B fused the activation) instead of the model outputs: where does B diverge?")
 @click.option("--json", "as_json", is_flag=True)
-def compare(model_a, model_b, data, dataset, random, limit, seed, threads, as_json):
+def compare(model_a, model_b, data, dataset, random, limit, seed, threads, per_layer, as_json):
     """Run MODEL_A and MODEL_B on the same inputs and compare their outputs."""
-    from .evaluation import compare_models
+    from .evaluation import compare_layers, compare_models
 
     proto = _load(model_a)
-    _load(model_b)
+    proto_b = _load(model_b)
     feeds = _feeds(proto, data, random, seed, limit, dataset, batch=64 if (dataset or data) else 1)
+    if per_layer:
+        layers = compare_layers(proto, proto_b, feeds, threads)
+        if as_json:
+            click.echo(json.dumps([asdict(r) for r in layers], indent=2))
+            return
+        click.echo(format_table(["layer", "op in A", "op in B", "tensor", "cosine", "max abs err", "note"],
+                                [[r.layer, r.op_a, r.op_b, r.tensor, r.cosine, r.max_abs_error, r.note]
+                                 for r in layers]))
+        return
     results = compare_models(model_a, model_b, feeds, threads)
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))

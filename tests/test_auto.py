@@ -262,3 +262,29 @@ def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):
     assert r.exit_code == 2 and "error: --max-drop needs labelled evaluation data" in r.output
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "penni", "--max-drop", "1"])
     assert r.exit_code == 2 and "does not apply to --method penni" in r.output
+
+
+def test_compare_per_layer_finds_where_a_model_diverges(tmp_path):
+    import onnxcompress
+
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 8)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    exact, _ = onnxcompress.optimize(model, "falcon", calib_feeds=feeds, select="all")
+    approx, _ = onnxcompress.optimize(model, "cluspa", calib_feeds=feeds, sparsity=0.9, layers=convs[3])
+    paths = {}
+    for name, m in (("a", model), ("exact", exact), ("approx", approx)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(m, str(paths[name]))
+    run = lambda b: CliRunner().invoke(main, ["compare", str(paths["a"]), str(paths[b]), "--random", "3",
+                                              "--per-layer", "--json"])
+    r = run("exact")
+    assert r.exit_code == 0, r.output
+    rows = {x["layer"]: x for x in json.loads(r.output)}
+    assert set(rows) == set(convs)
+    assert sum(x["op_b"].endswith("SparseInputConv") for x in rows.values()) == 5
+    assert all(x["cosine"] > 0.99999 for x in rows.values())
+    rows = {x["layer"]: x for x in json.loads(run("approx").output)}
+    before = [rows[n]["cosine"] for n in convs[:3]]
+    assert all(c > 0.99999 for c in before)       # upstream of the approximated layer: identical
+    assert rows[convs[3]]["cosine"] < 0.9999 and rows[convs[3]]["op_b"].endswith("ClusteredSparseConv")
