@@ -92,8 +92,9 @@ def _method_options(command):
 @click.option("--verify", is_flag=True, help="Check the model with onnx.checker and ONNX Runtime after every pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
-              help="--method auto: write the validation metric against the speedup of every single-method "
-                   "setting and of the plan as a PNG (default with --report: beside it; needs matplotlib).")
+              help="--method auto: also fit every single setting on every layer and write its validation "
+                   "metric against its speedup, and the plan's, as a PNG (needs matplotlib; costs one more fit "
+                   "per setting).")
 @_method_options
 def optimize(model, output, method, calib, calib_limit, calib_seed, verify, report_path, plot_path, **options):
     """Rewrite MODEL's Conv nodes and write the result to OUTPUT."""
@@ -111,7 +112,8 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, verify, repo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # printed from the report below
         progress = (lambda line: click.echo(line, err=True)) if method == "auto" else None
-        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, progress=progress, **options)
+        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, progress=progress,
+                                   settings=bool(plot_path), **options)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     save_model(out, output, input_path=model, external_data=True if has_external_data(model) else None)
@@ -119,10 +121,9 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, verify, repo
         from .plan.report import plot_plan, print_plan
 
         print_plan(report, click.echo)
-        if plot_path or report_path:
-            png = plot_path or str(Path(report_path).with_suffix(".png"))
-            written = plot_plan(report.plan, png)
-            click.echo(f"wrote {png}" if written else f"note: {png} not written ({written.reason})")
+        if plot_path:
+            written = plot_plan(report.plan, plot_path)
+            click.echo(f"wrote {plot_path}" if written else f"note: {plot_path} not written ({written.reason})")
     else:
         _print_report(report)
     if report_path:

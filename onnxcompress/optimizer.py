@@ -49,7 +49,7 @@ def build_pipeline(method: str, options: dict[str, Any]) -> list:
 
 
 def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = False,
-             calib_feeds: list[dict[str, np.ndarray]] | None = None, progress=None,
+             calib_feeds: list[dict[str, np.ndarray]] | None = None, progress=None, settings: bool = False,
              **options) -> tuple[onnx.ModelProto, Report]:
     """Rewrites `model` with `method`; returns the new model and its report.
 
@@ -58,7 +58,8 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     depends on (for falcon: the real zero fraction at every Conv input).
     options: the method's options (onnxcompress.methods), None = default.
     method "auto": plans every layer across the techniques (onnxcompress.plan); progress, a
-    callable taking one line, hears what it does.
+    callable taking one line, hears what it does; settings=True also fits and measures every single
+    setting on every layer (the points of the report's plot).
     """
     schemas.register_schemas()
     m, opts = resolve_options(method, options)
@@ -74,7 +75,7 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         for w in check.warnings:
             warnings.warn(w, CalibrationWarning, stacklevel=2)
     if method == "auto":
-        return _optimize_auto(model, opts, calib_feeds, verify, report, progress)
+        return _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings)
     manager = PassManager(build_pipeline(method, options), verify=verify)
     before = analyse_convs(model)
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
@@ -111,7 +112,7 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     return out, report
 
 
-def _optimize_auto(model, opts, calib_feeds, verify, report, progress):
+def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_points=False):
     from .inputs import labelled_arrays
     from .plan import plan_model
     from .plan.timing import default_cache_path
@@ -122,7 +123,8 @@ def _optimize_auto(model, opts, calib_feeds, verify, report, progress):
     result = plan_model(model, calib_feeds, max_drop=opts["max_drop"], min_agreement=opts["min_agreement"],
                         min_cosine=opts["min_cosine"], eval_data=eval_data, layers=opts["layers"],
                         kinds=opts["candidates"], threads=opts["threads"], val_fraction=opts["val_fraction"],
-                        seed=opts["seed"], timing_cache=cache, progress=progress)
+                        seed=opts["seed"], timing_cache=cache, progress=progress,
+                        settings_points=settings_points)
     if verify:
         from .passes.base import verify_model
 

@@ -82,6 +82,9 @@ class Kind:
     exact: bool = False
     needs_calibration: bool = True
     summary: str = ""
+    # option overrides for a cheap fit with the same run-time structure, used to time every layer
+    # before fitting properly only the layers where the setting saves time (None: time the real fit)
+    quick: dict[str, Any] | None = None
 
     def candidates(self) -> list[Candidate]:
         return [Candidate(self.name, tuple(sorted(o.items())), self.label(o)) for o in self.ladder]
@@ -99,14 +102,14 @@ register(Kind("falcon", ({"select": "all"},), lambda o: "falcon", _method_apply(
               needs_calibration=False, summary="exact, skips zero activations"))
 register(Kind("cluspa", ({"sparsity": 0.8, "allocation": "uniform"}, {"sparsity": 0.9, "allocation": "uniform"}),
               lambda o: f"cluspa s={o['sparsity']}", _method_apply("cluspa"), _cluspa_work,
-              summary="16 shared values, weight sparsity"))
+              summary="16 shared values, weight sparsity", quick={"data_free": True}))
 register(Kind("penni", ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},
                         {"bases": 5, "coef_sparsity": 0.7}),
               lambda o: f"penni d={o['bases']}/{o['coef_sparsity']}", _method_apply("penni"), _penni_work,
-              summary="basis kernels, sparse coefficients"))
+              summary="basis kernels, sparse coefficients", quick={"data_free": True}))
 register(Kind("tabconv", ({"subspace": 9}, {"subspace": 18}),
               lambda o: f"tabconv S={o['subspace']}", _method_apply("tabconv"), _tabconv_work,
-              summary="lookup tables (8-bit)"))
+              summary="lookup tables (8-bit)", quick={"ridge": 1e-3, "calib_rows": 2000}))
 
 
 def candidate_list(kinds: str | list[str] | None = None) -> list[Candidate]:

@@ -87,7 +87,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                candidates: list[Candidate] | None = None, threads: int = 1,
                val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
-               report_threads: tuple[int, ...] = (1, 2), settings_points: bool = True,
+               report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False,
                progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plans, fits and proves the fastest model within the budget; see the module docstring.
 
@@ -128,57 +128,71 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     macs = {c.name: c.macs for c in analyse_convs(canon)}
 
-    # ---------------------------------------------------------------- 2. fits per setting
+    # ---------------------------------------------------------------- 2-3. per setting: time, fit, measure
+    # A candidate's time depends on its setting (d, sparsity, codebooks), not on how well it is
+    # fitted: each setting is first fitted cheaply (the kind's `quick` options) to time every layer
+    # in the model; only the layers where it saves time are then fitted properly (independently,
+    # fitting part) and measured on the validation part.
     replacements: dict[tuple[str, str], Replacement] = {}
+    quick_reps: dict[tuple[str, str], Replacement] = {}
     records: dict[tuple[str, str], Any] = {}
-    results: dict[str, list[LayerResult]] = {n: [] for n in targets}
+    results: dict[str, dict[str, LayerResult]] = {n: {} for n in targets}
+    measured: dict[str, list[Measured]] = {n: [] for n in targets}
     by_label = {c.label: c for c in cands}
+    ref_times = []
     for c in cands:
         kind = KINDS[c.kind]
         t0 = time.perf_counter()
+        quick = kind.quick
         try:
-            fitted, recs, _ = kind.apply(canon, c.opts, targets, fit_feeds, canon, True, provided)
+            fitted, recs, _ = kind.apply(canon, {**c.opts, **(quick or {})}, targets,
+                                         fit_feeds[:2] if quick is not None else fit_feeds, canon, True, provided)
         except OnnxCompressError as exc:
             notes.append(f"{c.label}: not applicable ({exc})")
             for n in targets:
-                results[n].append(LayerResult(c.label, f"not applicable: {exc}"))
+                results[n][c.label] = LayerResult(c.label, f"not applicable: {exc}")
             continue
-        say(f"auto: fitted {c.label} on every layer in {time.perf_counter() - t0:.1f}s")
+        paying = []
         for n in targets:
             rec = recs.get(n)
             rep = replacement_of(canon, fitted, n) if rec is not None and rec.status == "rewritten" else None
             if rep is None:
                 reason = rec.reason if rec is not None and rec.reason else "not rewritten"
-                results[n].append(LayerResult(c.label, f"not eligible: {reason}"))
-            else:
-                replacements[(n, c.label)] = rep
-                records[(n, c.label)] = rec
-
-    # ---------------------------------------------------------------- 3. time and measure alone
-    measured: dict[str, list[Measured]] = {n: [] for n in targets}
-    ref_times = []
-    for n in targets:
-        for c in cands:
-            rep = replacements.get((n, c.label))
-            if rep is None:
+                results[n][c.label] = LayerResult(c.label, f"not eligible: {reason}")
                 continue
-            alone = splice(canon, [rep])
-            ref_ms, cand_ms = timer.time(_finish(alone, []), key=f"{n}|{c.label}")
+            quick_reps[(n, c.label)] = rep
+            ref_ms, cand_ms = timer.time(_finish(splice(canon, [rep]), []), key=f"{n}|{c.label}")
             ref_times.append(ref_ms)
-            r = LayerResult(c.label, "measured", round(ref_ms - cand_ms, 5), round(ref_ms, 5), round(cand_ms, 5),
-                            details=dict(records[(n, c.label)].details))
+            r = LayerResult(c.label, "does not save time in the model", round(ref_ms - cand_ms, 5),
+                            round(ref_ms, 5), round(cand_ms, 5))
+            results[n][c.label] = r
             if ref_ms - cand_ms > MIN_SAVED_FRACTION * ref_ms:
-                m = evaluator.measure(alone, with_eval=False)
-                r.error, r.cosine, r.agreement = m.rel_error, m.cosine, m.agreement
-                measured[n].append(Measured(n, c.label, ref_ms - cand_ms, m.rel_error))
-            else:
-                r.status = "does not save time in the model"
-            results[n].append(r)
-        say(f"auto: {n}: " + ", ".join(
-            f"{r.label} {r.saved_ms:+.3f}ms" + (f" err {r.error:.2e}" if r.error is not None else "")
-            for r in results[n] if r.saved_ms is not None))
-    timer.cache.save()
+                paying.append(n)
+                if quick is None:
+                    replacements[(n, c.label)], records[(n, c.label)] = rep, rec
+        timer.cache.save()
+        if paying and quick is not None:
+            fitted, recs, _ = kind.apply(canon, c.opts, paying, fit_feeds, canon, True, provided)
+            for n in list(paying):
+                rep = replacement_of(canon, fitted, n) if recs.get(n) is not None else None
+                if rep is None or recs[n].status != "rewritten":
+                    results[n][c.label].status = "not rewritten by the calibrated fit"
+                    paying.remove(n)
+                    continue
+                replacements[(n, c.label)], records[(n, c.label)] = rep, recs[n]
+        for n in paying:
+            m = evaluator.measure(splice(canon, [replacements[(n, c.label)]]), with_eval=False)
+            r = results[n][c.label]
+            r.status, r.error, r.cosine, r.agreement = "measured", m.rel_error, m.cosine, m.agreement
+            r.details = dict(records[(n, c.label)].details)
+            measured[n].append(Measured(n, c.label, r.saved_ms, m.rel_error))
+        detail = ", ".join(f"{n} {results[n][c.label].saved_ms:+.3f}ms err {results[n][c.label].error:.1e}"
+                           for n in paying)
+        timed_count = sum(1 for n in targets if (n, c.label) in quick_reps)
+        say(f"auto: {c.label}: timed {timed_count} layers, {len(paying)} save time"
+            + (f" ({detail})" if paying else "") + f", {time.perf_counter() - t0:.1f}s")
     model_ms = float(np.median(ref_times)) if ref_times else None
+    results = {n: list(v.values()) for n, v in results.items()}
 
     # ---------------------------------------------------------------- 4. the path, bisected
     path = lagrangian_path(measured, min_saved=0.0)
@@ -280,9 +294,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     kept, given_budget, given_speed = guarantee(list(chosen), damage, saved, meets, speed)
     for n in given_budget:
         why_not[n] = "given back: the written model missed the budget with it"
-    for n in given_speed:
-        why_not[n] = (f"given back: the model timed {speedups.get(frozenset(kept | {n}), float('nan')):.3f}x "
-                      "with it (slower than the original)")
+    for i, n in enumerate(given_speed):
+        at = speedups.get(frozenset(kept | set(given_speed[i:])), float("nan"))
+        why_not[n] = (f"given back: the model timed {at:.3f}x with it among {len(kept) + len(given_speed) - i} "
+                      "replaced layers (slower than the original); it saved least")
     if kept:
         final, final_m = final_of(kept)
     else:
@@ -343,10 +358,19 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     settings = []
     if settings_points:
+        # every single setting on every layer it applies to (fitted independently, fitting part)
         for c in cands:
-            reps = [replacements[(n, c.label)] for n in targets if (n, c.label) in replacements]
-            if not reps:
+            eligible = [n for n in targets if (n, c.label) in quick_reps]
+            if not eligible:
                 continue
+            missing = [n for n in eligible if (n, c.label) not in replacements]
+            if missing:
+                fitted, recs, _ = KINDS[c.kind].apply(canon, c.opts, missing, fit_feeds, canon, True, provided)
+                for n in missing:
+                    rep = replacement_of(canon, fitted, n) if recs.get(n) is not None else None
+                    if rep is not None:
+                        replacements[(n, c.label)] = rep
+            reps = [replacements[(n, c.label)] for n in eligible if (n, c.label) in replacements]
             whole = splice(canon, reps)
             m = evaluator.measure(whole, with_eval=eval_data is not None)
             ref_ms, cand_ms = timer.time(_finish(whole, []), key=f"all|{c.label}")
