@@ -262,6 +262,8 @@ def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):
     assert r.exit_code == 2 and "error: --max-drop needs labelled evaluation data" in r.output
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "penni", "--max-drop", "1"])
     assert r.exit_code == 2 and "does not apply to --method penni" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(tmp_path / "default.onnx")])  # auto by default
+    assert r.exit_code == 2 and r.output.startswith("error: --method auto") and "--calib" in r.output
 
 
 def test_compare_per_layer_finds_where_a_model_diverges(tmp_path):
