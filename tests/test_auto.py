@@ -27,6 +27,7 @@ class FakeTimer:
     8 ms layout tax once three or more of ours are in the model."""
 
     threads = 1
+    runs = 30
 
     def __init__(self):
         self.cache = TimingCache(None)
@@ -248,15 +249,21 @@ def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):
     onnx.save(model, str(path))
     x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "c.npz", input=x)
-    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    out, report, png = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "p.png"
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "auto", "--calib",
                                   str(tmp_path / "c.npz"), "--candidates", "falcon", "--min-cosine", "0.9",
-                                  "--timing-cache", "off", "--report", str(report)])
+                                  "--timing-cache", "off", "--report", str(report), "--plot", str(png)])
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert data["method"] == "auto" and data["plan"]["meets_budget"]
     assert set(data["plan"]["speedup"]) == {"1", "2"} and "macs_after" in data["plan"]
+    assert [s["label"] for s in data["plan"]["settings"]] == ["falcon"]
     assert out.is_file() and "budget: output cosine >= 0.9" in r.output
+    try:
+        import matplotlib  # noqa: F401
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert "matplotlib is not installed" in r.output
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "auto", "--calib",
                                   str(tmp_path / "c.npz"), "--max-drop", "0.5"])
     assert r.exit_code == 2 and "error: --max-drop needs labelled evaluation data" in r.output
