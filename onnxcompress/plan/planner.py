@@ -254,7 +254,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         sp_saved = sum(m.saved_ms for m in chosen.values())
         for n in given:
             why_not[n] = "given back: the sequentially fitted plan missed the budget with it"
-        if seq_saved >= sp_saved:
+        if len(kept) == len(chosen) or seq_saved >= sp_saved - 1e-9:
             candidate_model = revert(current, canon, set(chosen) - kept)
             plan_kind = "sequential"
             chosen = {n: chosen[n] for n in kept}
