@@ -59,13 +59,14 @@ def run_auto(model_path, out_path, report_path, calib_npz, eval_npz, args) -> di
     if args.candidates:
         cmd += ["--candidates", args.candidates]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    log = Path(report_path).with_suffix(".log")
+    with open(log, "w") as fh:  # progress lines (stderr) and the report (stdout), as they come
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=fh, stderr=fh)
     seconds = time.perf_counter() - start
     if proc.returncode:
-        raise SystemExit(f"auto failed on {model_path}:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"auto failed on {model_path}:\n{log.read_text()[-3000:]}")
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: this one
-    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "report": json.loads(Path(report_path).read_text()),
-            "stdout": proc.stdout}
+    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "report": json.loads(Path(report_path).read_text())}
 
 
 def bench_model(path: Path, args, work: Path) -> list[list]:
@@ -84,7 +85,6 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
 
     auto_out, auto_rep = work / f"{path.stem}.auto.onnx", work / f"{path.stem}.auto.json"
     auto = run_auto(path, auto_out, auto_rep, calib_npz, eval_npz, args)
-    (work / f"{path.stem}.auto.log").write_text(auto["stdout"])
     plan = auto["report"]["plan"]
     sp = speedups(path, auto_out, x1, args.runs)
     a_e, a_t = top1(auto_out, xe, ye), top1(auto_out, xt, yt)
