@@ -51,7 +51,14 @@ def session_options(threads: int | None = None, spinning: bool = True) -> ort.Se
     alternate between sessions need (each session has its own pool).
     """
     options = ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
+    path = get_library_path()
+    try:
+        options.register_custom_ops_library(path)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        # e.g. a runtime older than the library's C API (the library names both versions)
+        # or a file that is not a loadable library.
+        raise OnnxCompressError(f"could not register the custom-op library {path} with onnxruntime "
+                                f"{ort.__version__}: {str(e).strip()}") from e
     if threads is not None:
         if threads < 1:
             raise OnnxCompressError(f"threads must be >= 1, got {threads}")

@@ -142,6 +142,32 @@ def analyse_convs(model: onnx.ModelProto) -> list[ConvInfo]:
     return rows
 
 
+def with_input_shape(model: onnx.ModelProto, shape: list[int]) -> onnx.ModelProto:
+    """A copy of a single-input model whose input has the fixed `shape` (for shape inference:
+    MACs of models exported with symbolic H and W)."""
+    from .errors import OnnxCompressError
+
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    if len(inputs) != 1:
+        raise OnnxCompressError(f"--input-shape applies to single-input models; this one has {len(inputs)} inputs")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(shape) != len(dims) or min(shape, default=0) < 1:
+        raise OnnxCompressError(f"--input-shape {shape}: the input '{inputs[0].name}' has rank {len(dims)}; give "
+                                f"{len(dims)} positive sizes")
+    for d, v in zip(dims, shape):
+        if d.HasField("dim_value") and d.dim_value != v:
+            raise OnnxCompressError(f"--input-shape {shape}: the input '{inputs[0].name}' fixes "
+                                    f"{[x.dim_value if x.HasField('dim_value') else '?' for x in dims]}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    vi = next(v for v in out.graph.input if v.name == inputs[0].name)
+    for d, v in zip(vi.type.tensor_type.shape.dim, shape):
+        d.dim_value = v
+    del out.graph.value_info[:]  # inferred for the symbolic shape: infer again
+    return out
+
+
 def initializer_bytes(model: onnx.ModelProto) -> int:
     """Bytes of constant tensors: initializers and the values of Constant nodes."""
     tensors = list(model.graph.initializer)

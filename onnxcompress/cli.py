@@ -56,13 +56,38 @@ def _feeds(model, data: str | None, random: int | None, seed: int, limit: int | 
 
     if sum(bool(v) for v in (data, random, dataset)) > 1:
         raise OnnxCompressError("give one of --data, --dataset and --random")
+    from .inputs import fit_to_model_batch
+
+    if limit is not None and limit < 1:
+        raise OnnxCompressError(f"--limit must be >= 1, got {limit}")
+    if batch < 1:
+        raise OnnxCompressError(f"--batch must be >= 1, got {batch}")
     if dataset:
         x, _ = _dataset(dataset, limit, seed, model)
-        name = graph_inputs(model)[0][0]
-        return [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
+        inputs = graph_inputs(model)
+        if len(inputs) != 1 or not _fits(x.shape, inputs[0][1]):
+            raise OnnxCompressError(f"--dataset {dataset} gives inputs of shape {list(x.shape[1:])}; the model's "
+                                    f"inputs are {[d for _, d, _ in inputs]}: give --data with an .npz")
+        name = inputs[0][0]
+        return fit_to_model_batch(model, [{name: x[i:i + batch]} for i in range(0, len(x), batch)])
     if data:
-        return npz_feeds(model, data, limit=limit, batch=batch)
-    return random_feeds(model, random or 8, seed=seed)
+        return npz_feeds(model, data, limit=limit, batch=batch, seed=seed)
+    if random is not None and random < 1:
+        raise OnnxCompressError(f"--random needs a count >= 1, got {random}")
+    return random_feeds(model, 8 if random is None else random, seed=seed)
+
+
+def _fits(shape, dims) -> bool:
+    return len(shape) == len(dims) and all(d is None or d == s for d, s in zip(dims[1:], shape[1:]))
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OnnxCompressError(f"{what} takes comma-separated numbers (e.g. 0.5,0.5,0.5), got '{text}'") from None
 
 
 def _method_options(command):
@@ -74,7 +99,9 @@ def _method_options(command):
             command = click.option(o.flag, o.name, is_flag=True, default=None, help=o.help)(command)
         else:
             kind = click.Choice(o.choices) if o.choices else o.type
-            command = click.option(o.flag, o.name, type=kind, default=None, help=f"{o.help} [default: {o.default}]")(command)
+            # one default, stated once: the value when there is one, else the help text says what happens
+            shown = f" [default: {o.default}]" if o.default is not None else ""
+            command = click.option(o.flag, o.name, type=kind, default=None, help=o.help + shown)(command)
     return command
 
 
@@ -93,6 +120,10 @@ def _method_options(command):
 @click.option("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT, show_default=True,
               help="Calibration samples to take (fewer if the source holds fewer).")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--mean", help="With --calib photos or an image folder: per-channel R,G,B mean subtracted after "
+              "scaling to [0, 1] (default ImageNet's 0.485,0.456,0.406).")
+@click.option("--std", help="With --calib photos or an image folder: per-channel R,G,B std divided by "
+              "(default ImageNet's 0.229,0.224,0.225).")
 @click.option("--verify", is_flag=True, help="Check the model with onnx.checker and ONNX Runtime after every pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
@@ -100,8 +131,24 @@ def _method_options(command):
                    "metric against its speedup, and the plan's, as a PNG (needs matplotlib; costs one more fit "
                    "per setting).")
 @_method_options
-def optimize(model, output, method, calib, calib_limit, calib_seed, verify, report_path, plot_path, **options):
-    """Rewrite MODEL's Conv nodes and write the result to OUTPUT."""
+def optimize(model, output, method, calib, calib_limit, calib_seed, mean, std, verify, report_path, plot_path,
+             **options):
+    """Rewrite MODEL's Conv nodes and write the result to OUTPUT.
+
+    \b
+    Which method when:
+      auto     (the default, needs --calib) plans every Conv across the others:
+               the fastest model, as measured, within the budget
+      falcon   exact; for Conv layers fed by ReLU with many zero activations
+               (measured per layer; leaves the model alone where it does not pay)
+      cluspa   approximate; fewer distinct weights, many of them zero: smaller
+               models, modest speedups; works data-free, better with --calib
+      penni    approximate; 3x3+ Conv layers with many channels (MACs cut by
+               --bases/--coef-sparsity or --mac-reduction); data-free or --calib
+      tabconv  approximate; lookup tables instead of MACs, needs --calib; use
+               --min-cosine/--keep-exact to hold accuracy
+    Check the result with `onnxcompress compare` (and `eval` on labelled data).
+    """
     from .inputs import calibration_sample
     from .model_io import has_external_data, save_model
     from .optimizer import CalibrationWarning, optimize as run_optimize
@@ -109,9 +156,12 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, verify, repo
     if Path(output).resolve() == Path(model).resolve():
         raise OnnxCompressError(f"output {output} is the input model; choose another output path")
     proto = _load(model)
+    if (mean or std) and not (calib == "photos" or (calib and Path(calib).is_dir())):
+        raise OnnxCompressError("--mean/--std apply to --calib photos or an image folder only")
     feeds = None
     if calib:
-        feeds, what = calibration_sample(proto, calib, calib_limit, seed=calib_seed)
+        feeds, what = calibration_sample(proto, calib, calib_limit, mean=_floats(mean, "--mean"),
+                                         std=_floats(std, "--std"), seed=calib_seed)
         click.echo(f"calibration: {what}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # printed from the report below
@@ -147,8 +197,12 @@ def _print_report(report):
                      r.get("input_zero_fraction"), note])
     click.echo(format_table(headers, rows))
     t = report.totals
+    macs = f"{t['conv_macs']:,}"
+    if t.get("conv_macs_unknown"):
+        macs = (f"unknown for {t['conv_macs_unknown']} layer(s) (symbolic shapes; `inspect --input-shape` counts "
+                f"them)" + (f", {macs} for the rest" if t["conv_macs"] else ""))
     click.echo(f"{t['rewritten']} of {t['conv_layers']} Conv rewritten ({t['skipped']} left alone); "
-               f"Conv MACs at batch 1: {t['conv_macs']:,}; initializer bytes {t['initializer_bytes_before']:,} -> "
+               f"Conv MACs at batch 1: {macs}; initializer bytes {t['initializer_bytes_before']:,} -> "
                f"{t['initializer_bytes_after']:,}")
     if t.get("other_rewritten"):
         click.echo(f"also rewritten: {t['other_rewritten']} non-Conv node(s) (the classifier)")
@@ -164,23 +218,51 @@ def _print_report(report):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input-shape", help="Fixed input shape for shape inference, e.g. 1,3,224,224 (for models with "
+              "symbolic H and W, whose MACs are unknown otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def inspect(model, as_json):
+def inspect(model, input_shape, as_json):
     """One row per Conv of MODEL: shapes, geometry, MACs (batch 1), parameters, ReLU-fed input."""
-    from .analysis import analyse_convs
+    from .analysis import analyse_convs, with_input_shape
+    from .passes.name_nodes import name_nodes
 
-    rows = analyse_convs(_load(model))
+    proto = name_nodes(_load(model))[0]  # unnamed nodes shown as optimize names them
+    if input_shape:
+        shape = _floats(input_shape, "--input-shape")
+        if any(v != int(v) for v in shape):
+            raise OnnxCompressError(f"--input-shape takes integers, got '{input_shape}'")
+        proto = with_input_shape(proto, [int(v) for v in shape])
+    rows = analyse_convs(proto)
+    unknown = sum(r.macs is None for r in rows)
     total_macs = sum(r.macs or 0 for r in rows)
     total_params = sum(r.params for r in rows)
     if as_json:
         click.echo(json.dumps({"convs": [r.as_dict() for r in rows],
-                               "totals": {"convs": len(rows), "macs": total_macs, "params": total_params}}, indent=2))
+                               "totals": {"convs": len(rows), "macs": None if unknown else total_macs,
+                                          "macs_known": total_macs, "convs_with_unknown_macs": unknown,
+                                          "params": total_params}}, indent=2))
         return
     headers = ["name", "op", "input", "output", "kernel", "stride", "dilation", "group", "MACs", "params", "relu input"]
-    table = [[r.name, r.op, r.input_shape, r.output_shape, r.kernel, r.stride, r.dilation, r.group, r.macs,
-              r.params, r.relu_input or "no"] for r in rows]
-    table.append(["total", f"{len(rows)} conv", "", "", "", "", "", "", total_macs, total_params, ""])
+    table = [[r.name, r.op, r.input_shape, r.output_shape, r.kernel, r.stride, r.dilation, r.group,
+              "unknown" if r.macs is None else r.macs, r.params, r.relu_input or "no"] for r in rows]
+    shown = "unknown" if unknown == len(rows) and rows else (f">= {total_macs}" if unknown else total_macs)
+    table.append(["total", f"{len(rows)} conv", "", "", "", "", "", "", shown, total_params, ""])
     click.echo(format_table(headers, table))
+    if unknown:
+        click.echo(f"MACs unknown for {unknown} of {len(rows)} Conv layer(s): their output sizes are not known "
+                   f"from the model (symbolic input shape); give --input-shape, e.g. "
+                   f"{_example_shape(proto)}")
+
+
+def _example_shape(model) -> str:
+    from .inputs import graph_inputs
+
+    inputs = graph_inputs(model)
+    if len(inputs) != 1:
+        return "N,C,H,W"
+    dims = inputs[0][1]
+    guess = [1] + [224] * (len(dims) - 1)
+    return ",".join(str(d if d is not None else g) for d, g in zip(dims, guess))
 
 
 @main.command()
@@ -190,19 +272,33 @@ def inspect(model, as_json):
 @click.option("--dataset", type=click.Choice(DATASETS),
               help="Inputs from a bundled dataset (all of it, or a seeded class-balanced sample of --limit).")
 @click.option("--random", type=int, help="Compare on N random inputs (default 8 when no data is given).")
-@click.option("--limit", type=int, help="Use at most this many samples of --data/--dataset.")
+@click.option("--limit", type=int, help="A seeded sample of this many samples of --data/--dataset (class-balanced where labels exist).")
+@click.option("--batch", type=int, help="Samples per run for --data/--dataset (default 64; a model with a fixed "
+              "batch dimension always gets that).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
+@click.option("--min-cosine", type=float, help="Exit with status 1 when any output's cosine is below this.")
+@click.option("--min-agreement", type=float, help="Exit with status 1 when any score output's top-1 agreement is "
+              "below this (or no output has one).")
 @click.option("--per-layer", is_flag=True, help="Compare each Conv's output (matched by its output tensor's name, "
               "or by node name where B fused the activation) instead of the model outputs: where does B diverge?")
 @click.option("--json", "as_json", is_flag=True)
-def compare(model_a, model_b, data, dataset, random, limit, seed, threads, per_layer, as_json):
-    """Run MODEL_A and MODEL_B on the same inputs and compare their outputs."""
+def compare(model_a, model_b, data, dataset, random, limit, batch, seed, threads, min_cosine, min_agreement, per_layer,
+            as_json):
+    """Run MODEL_A and MODEL_B on the same inputs and compare their outputs.
+
+    Top-1 agreement is given for outputs that look like class scores: 2-D [N, C]
+    float outputs with C >= 2 whose name does not suggest a regression (box,
+    bbox, landmark, offset, coordinate...); '-' elsewhere.
+    """
     from .evaluation import compare_layers, compare_models
 
     proto = _load(model_a)
     proto_b = _load(model_b)
-    feeds = _feeds(proto, data, random, seed, limit, dataset, batch=64 if (dataset or data) else 1)
+    if (data or dataset) is None and batch is not None:
+        raise OnnxCompressError("--batch applies to --data/--dataset")
+    per_run = (64 if batch is None else batch) if (dataset or data) else 1
+    feeds = _feeds(proto, data, random, seed, limit, dataset, batch=per_run)
     if per_layer:
         layers = compare_layers(proto, proto_b, feeds, threads)
         if as_json:
@@ -213,19 +309,32 @@ def compare(model_a, model_b, data, dataset, random, limit, seed, threads, per_l
                                  for r in layers]))
         return
     results = compare_models(model_a, model_b, feeds, threads)
+    failed = []
+    for r in results:
+        if min_cosine is not None and not r.cosine >= min_cosine:
+            failed.append(f"output {r.name}: cosine {r.cosine:.6f} < --min-cosine {min_cosine}")
+        if min_agreement is not None and r.top1_agreement is not None and not r.top1_agreement >= min_agreement:
+            failed.append(f"output {r.name}: top-1 agreement {r.top1_agreement:.4f} < --min-agreement {min_agreement}")
+    if min_agreement is not None and all(r.top1_agreement is None for r in results):
+        failed.append("--min-agreement: no output looks like class scores (2-D [N, C]), nothing to check")
     if as_json:
         click.echo(json.dumps([asdict(r) for r in results], indent=2))
-        return
-    click.echo(format_table(
-        ["output", "samples", "max abs err", "mean abs err", "cosine", "top-1 agreement"],
-        [[r.name, r.samples, r.max_abs_error, r.mean_abs_error, r.cosine, r.top1_agreement] for r in results]))
+    else:
+        click.echo(format_table(
+            ["output", "samples", "max abs err", "mean abs err", "cosine", "top-1 agreement"],
+            [[r.name, r.samples, r.max_abs_error, r.mean_abs_error, r.cosine,
+              "-" if r.top1_agreement is None else r.top1_agreement] for r in results]))
+    if failed:
+        for line in failed:
+            click.echo(f"below threshold: {line}", err=True)
+        sys.exit(1)
 
 
 @main.command(name="eval")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--dataset", type=click.Choice(DATASETS), help="A bundled labelled dataset.")
 @click.option("--data", type=click.Path(dir_okay=False), help="Labelled .npz: inputs plus labels under 'y' or 'labels'.")
-@click.option("--limit", type=int, help="A seeded class-balanced sample of this many (--dataset), or the first this many (--data).")
+@click.option("--limit", type=int, help="A seeded class-balanced sample of this many samples.")
 @click.option("--batch", type=int, default=64, show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads.")
 @click.option("--json", "as_json", is_flag=True)
@@ -234,29 +343,48 @@ def eval_command(model, dataset, data, limit, batch, threads, as_json):
     import numpy as np
 
     from .evaluation import evaluate_accuracy
+    from .inputs import LABEL_KEYS, check_arrays, fixed_batch, graph_inputs, load_npz
+    from .sampling import balanced_indices
 
     proto = _load(model)
     if bool(dataset) == bool(data):
         raise OnnxCompressError("give exactly one of --dataset and --data")
+    if limit is not None and limit < 1:
+        raise OnnxCompressError(f"--limit must be >= 1, got {limit}")
+    if batch < 1:
+        raise OnnxCompressError(f"--batch must be >= 1, got {batch}")
+    inputs = graph_inputs(proto)
+    if len(inputs) != 1:
+        raise OnnxCompressError(f"eval runs single-input models; this one has {len(inputs)} inputs")
+    name, dims, _ = inputs[0]
     if dataset:
         x, y = _dataset(dataset, limit, 0, proto)
     else:
-        try:
-            with np.load(data, allow_pickle=False) as npz:
-                labels = next((k for k in ("y", "labels", "label") if k in npz.files), None)
-                inputs = [k for k in npz.files if k != labels]
-                if labels is None or len(inputs) != 1:
-                    raise OnnxCompressError(f"{data}: needs one input array and labels under 'y' or 'labels' "
-                                            f"(found {npz.files})")
-                x, y = npz[inputs[0]], npz[labels].astype(np.int64)
-            if limit is not None and limit < len(x) and len(y) == len(x):
-                from .sampling import balanced_indices
-
-                rows = balanced_indices(y, limit, seed=0)
-                x, y = x[rows], y[rows]
-        except OSError as exc:
-            raise OnnxCompressError(f"{data}: not a readable .npz ({exc})") from None
-    acc = evaluate_accuracy(model, x.astype(np.float32), y, batch=batch, threads=threads, progress=not as_json)
+        arrays = load_npz(data)
+        labels = next((k for k in LABEL_KEYS if k in arrays), None)
+        keys = [k for k in arrays if k != labels]
+        if labels is None or len(keys) != 1:
+            raise OnnxCompressError(f"{data}: needs one input array and labels under 'y' or 'labels' "
+                                    f"(found {sorted(arrays)})")
+        x, y = arrays[keys[0]], arrays[labels]
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            raise OnnxCompressError(f"{data}: labels '{labels}' must be a 1-D integer array (class indices), "
+                                    f"got {y.dtype} {y.shape}")
+        y = y.astype(np.int64)
+        if limit is not None and limit < len(x) and len(y) == len(x):
+            rows = balanced_indices(y, limit, seed=0)  # files are often sorted by class: never the first N
+            x, y = x[rows], y[rows]
+        check_arrays({name: x}, proto, str(data))
+    if not _fits(x.shape, dims):
+        raise OnnxCompressError(f"{data or dataset}: inputs of shape {list(x.shape)}, the model's input '{name}' is "
+                                f"{['?' if d is None else d for d in dims]}")
+    fixed = fixed_batch(proto)
+    if fixed and len(x) % fixed:
+        click.echo(f"warning: the model takes batches of exactly {fixed}; the last {len(x) % fixed} sample(s) "
+                   f"are not evaluated", err=True)
+        x, y = x[:len(x) - len(x) % fixed], y[:len(y) - len(y) % fixed]
+    acc = evaluate_accuracy(model, x.astype(np.float32), y, batch=fixed or batch, threads=threads,
+                            progress=not as_json)
     result = {"model": model, "samples": acc.samples, "top1": acc.top1, "top5": acc.top5}
     if as_json:
         click.echo(json.dumps(result))

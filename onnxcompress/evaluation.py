@@ -50,6 +50,18 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
+_REGRESSION_WORDS = ("box", "bbox", "reg", "landmark", "offset", "coord", "delta", "kpt", "keypoint")
+
+
+def looks_like_scores(name: str, a: np.ndarray) -> bool:
+    """Whether an output is class scores, for which top-1 agreement means something: 2-D
+    [N, C] float with C >= 2, and a name that does not suggest a regression (box, bbox, landmark,
+    offset, coordinate, ...; those are 2-D [N, 4] or [N, 10] too)."""
+    lowered = name.lower()
+    return (a.ndim == 2 and a.shape[1] >= 2 and np.issubdtype(a.dtype, np.floating)
+            and not any(w in lowered for w in _REGRESSION_WORDS))
+
+
 def compare_models(model_a, model_b, feeds: list[dict[str, np.ndarray]], threads: int | None = None) -> list[OutputAgreement]:
     """Runs both models on every feed and compares each output by position."""
     sa, sb = open_session(model_a, threads), open_session(model_b, threads)
@@ -69,7 +81,7 @@ def compare_models(model_a, model_b, feeds: list[dict[str, np.ndarray]], threads
         a, b = np.concatenate(ya[i]), np.concatenate(yb[i])
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) if a.size else np.zeros(1)
         top1 = None
-        if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
+        if looks_like_scores(name, a):
             top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
         samples = a.shape[0] if a.ndim >= 1 else len(feeds)
         results.append(OutputAgreement(name, float(diff.max()), float(diff.mean()), _cosine(a, b), top1, samples))

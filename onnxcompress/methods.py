@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import OnnxCompressError
+from .fitting.penni import DEFAULT_BASES, DEFAULT_COEF_SPARSITY
 from .passes import FalconRewrite, Pass
 
 
@@ -123,11 +124,12 @@ METHODS: dict[str, Method] = {
             "penni", "basis-kernel convolution (approximate): d basis kernels per layer, sparse coefficients",
             _penni,
             options=(
-                Option("bases", int, None, "penni: d, basis kernels per layer (default 5 unless --energy)"),
+                Option("bases", int, None,
+                       f"penni: d, basis kernels per layer (default {DEFAULT_BASES} unless --energy)"),
                 Option("energy", float, None, "penni: choose d per layer as the fewest bases retaining this "
                        "fraction of the kernels' energy (0-1]"),
                 Option("coef_sparsity", float, None, "penni: fraction of the basis coefficients pruned per layer "
-                       "(default 0.7)"),
+                       f"(default {DEFAULT_COEF_SPARSITY} unless --mac-reduction)"),
                 Option("mac_reduction", float, None, "penni: fraction of the model's Conv MACs to remove; d (up to "
                        "--bases) and the coefficient sparsity are chosen per layer from estimated output errors "
                        "(calibration moments when --calib is given)"),

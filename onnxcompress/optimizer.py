@@ -15,6 +15,8 @@ from .analysis import analyse_convs, initializer_bytes
 from .errors import OnnxCompressError
 from .methods import resolve_options
 from .passes import EliminateDeadCode, FuseActivation, PassContext, PassManager, canonicalize
+from .passes.name_nodes import name_nodes
+
 
 class CalibrationWarning(UserWarning):
     """The calibration data looks unrepresentative (see calibration/diagnostics.py)."""
@@ -40,6 +42,35 @@ class Report:
         return out
 
 
+def check_finite_conv_weights(model: onnx.ModelProto) -> None:
+    """Refuses Conv weights or biases holding NaN or inf (a broken model): every method fits to the
+    weights, and some fits never return on them (LAPACK's SVD loops on inf)."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and node.output:
+                    consts[node.output[0]] = a.t
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        for role, name in zip(("weights", "bias"), list(node.input)[1:3]):
+            tensor = consts.get(name)
+            if tensor is None or tensor.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                          onnx.TensorProto.FLOAT16):
+                continue
+            try:
+                values = numpy_helper.to_array(tensor)
+            except Exception:  # noqa: BLE001 - unreadable data is the passes' error to report
+                continue
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise OnnxCompressError(f"Conv '{node.name or name}': {bad} of its {values.size} {role} are NaN or "
+                                        f"inf; the model is broken (re-export it from a trained checkpoint)")
+
+
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
     """canonicalise, the method's rewriting passes, fuse activations, clean up."""
     _, opts = resolve_options(method, options)
@@ -61,15 +92,27 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     callable taking one line, hears what it does; settings=True also fits and measures every single
     setting on every layer (the points of the report's plot).
     """
+    from .model_io import check_graph_structure
+
     schemas.register_schemas()
     m, opts = resolve_options(method, options)
+    check_graph_structure(model)
+    check_finite_conv_weights(model)
     if m.needs_calibration and not calib_feeds:
         raise OnnxCompressError(f"--method {method} fits its approximation to data: give calibration inputs (--calib)")
+    if calib_feeds:
+        from .inputs import check_arrays, fit_to_model_batch
+
+        for feed in calib_feeds:
+            check_arrays(feed, model, "calibration input")
+        calib_feeds = fit_to_model_batch(model, list(calib_feeds))  # a fixed batch dim (exports with batch 1)
     report = Report(method)
+    # the layers as the pipeline will name them (its first pass, NameNodes, is deterministic)
+    named = name_nodes(model)[0]
     if calib_feeds:
         from .calibration.diagnostics import check_calibration
 
-        check = check_calibration(model, calib_feeds)
+        check = check_calibration(named, calib_feeds)  # ORT refuses repeated node names: the named copy
         report.calibration = check.as_dict()
         report.warnings.extend(check.warnings)
         for w in check.warnings:
@@ -77,11 +120,22 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
     if method == "auto":
         return _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings)
     manager = PassManager(build_pipeline(method, options), verify=verify)
-    before = analyse_convs(model)
+    before = analyse_convs(named)
+    shape_note = None
+    if calib_feeds and any(c.macs is None for c in before) and len(calib_feeds[0]) == 1:
+        # symbolic H/W: the MACs at the calibration inputs' size
+        from .analysis import with_input_shape
+
+        shape = [1] + list(next(iter(calib_feeds[0].values())).shape[1:])
+        try:
+            before = analyse_convs(with_input_shape(named, shape))
+            shape_note = f"MACs counted at the calibration input shape {shape} (the model's is symbolic)"
+        except OnnxCompressError:
+            pass
     out, ctx = manager.run(model, PassContext(options={**opts, "calib_feeds": calib_feeds}))
 
     report.passes = [vars(r) for r in ctx.runs]
-    report.notes = list(ctx.notes)
+    report.notes = list(ctx.notes) + ([shape_note] if shape_note else [])
     info = {c.name: c for c in before}
     for layer in ctx.layers:
         row = {"name": layer.name, "op": layer.op, "status": layer.status, "reason": layer.reason, **layer.details}
@@ -102,6 +156,7 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         "skipped": len(conv_rows) - conv_rewritten,
         "other_rewritten": len(rewritten) - conv_rewritten,
         "conv_macs": macs,
+        "conv_macs_unknown": sum(c.macs is None for c in before),
         "initializer_bytes_before": initializer_bytes(model),
         "initializer_bytes_after": initializer_bytes(out),
     }
@@ -109,6 +164,7 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         # MACs the kernel still has to do when it skips every zero input.
         skipped = sum((r.get("macs") or 0) * r.get("input_zero_fraction", 0.0) for r in rewritten)
         report.totals["conv_macs_on_nonzero_inputs"] = int(macs - skipped)
+    report.notes += not_rewritten_notes(model)
     return out, report
 
 
@@ -138,3 +194,15 @@ def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_
                      "conv_macs_after": s["macs_after"], "initializer_bytes_before": initializer_bytes(model),
                      "initializer_bytes_after": initializer_bytes(result.model)}
     return result.model, report
+
+
+# Convolution-like ops no method rewrites (only Conv is): said in the report, so
+# that a detector's ConvTranspose upsampling or a quantised export's ConvInteger
+# is not silently missing from the table.
+CONV_LIKE = ("ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv")
+
+
+def not_rewritten_notes(model: onnx.ModelProto) -> list[str]:
+    counts = {op: sum(n.op_type == op and n.domain in ("", "ai.onnx") for n in model.graph.node) for op in CONV_LIKE}
+    return [f"{k} {op} node(s) left as they are: the methods rewrite Conv only"
+            for op, k in counts.items() if k]

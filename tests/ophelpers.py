@@ -103,10 +103,31 @@ def assert_close(got, want, what):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL * scale, err_msg=what)
 
 
+def creation_error(model: onnx.ModelProto, **kwargs) -> str:
+    """The ONNX Runtime error creating a session of `model` raises (the model itself
+    must build: the caller does that outside); a session that is created fails the test."""
+    try:
+        session(model, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the message is checked by the caller
+        return f"{type(e).__name__}: {e}"
+    raise AssertionError("the session was created; expected a validation error at session creation")
+
+
+def assert_rejected(message: str, op: str, by_ort: bool = False) -> None:
+    """The session-creation error came from our kernel's validation (CreateKernelV2 prefixes
+    '<op> node '), or, for by_ort, from ONNX Runtime's own graph check naming the op
+    (input counts and element types the op declares)."""
+    if by_ort:
+        assert "INVALID_GRAPH" in message and op in message, message
+    else:
+        assert f"{op} node '" in message, message
+
+
 def assert_malformed_nodes_fail_cleanly(module: str) -> None:
-    """Creates and runs every node of `module`.MALFORMED (built by its _node_model) in a
-    fresh interpreter: each must raise an ONNX Runtime error; a crash would show as
-    a non-zero exit code."""
+    """Builds every node of `module`.MALFORMED (with its _node_model) and creates a session
+    of it in a fresh interpreter: building must succeed, session creation must fail with
+    our op's validation error (or ORT's graph check for the names in
+    `module`.REJECTED_BY_ORT), and a crash would show as a non-zero exit code."""
     import subprocess
     import sys
     import textwrap
@@ -114,16 +135,46 @@ def assert_malformed_nodes_fail_cleanly(module: str) -> None:
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-        import numpy as np
+        import ophelpers
         import {module} as t
         for name, kw in sorted(t.MALFORMED.items()):
+            model = t._node_model(**dict(kw))  # a Python error here fails the test
             try:
-                t.session(t._node_model(**kw)).run(None, {{"X": np.ones((1, 3, 6, 6), np.float32)}})
-            except Exception:
-                continue
-            raise SystemExit("no error for " + name)
+                message = ophelpers.creation_error(model)
+            except AssertionError:
+                raise SystemExit("no error at session creation for " + name)
+            try:
+                ophelpers.assert_rejected(message, t.OP, name in t.REJECTED_BY_ORT)
+            except AssertionError:
+                raise SystemExit(name + ": not our validation error: " + message)
         print("ok")
     """)
     env = dict(os.environ, ONNXCOMPRESS_LIBRARY=LIB)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
+
+
+def run_limited(script: str, headroom_mib: int, timeout: int = 300):
+    """Runs `script` in a fresh interpreter that has ophelpers imported and a function
+    limit() which caps the process's address space (RLIMIT_AS) at what it uses now plus
+    `headroom_mib`: call it once the runtime is loaded and warm. Returns the
+    CompletedProcess (a crash shows as a negative return code)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    prologue = textwrap.dedent(f"""
+        import sys, resource
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        import numpy as np
+        import ophelpers
+
+        def limit():
+            with open("/proc/self/status") as f:
+                vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+            cap = vm + {int(headroom_mib)} * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    """)
+    env = dict(os.environ, ONNXCOMPRESS_LIBRARY=LIB)
+    return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(script)], capture_output=True,
+                          text=True, env=env, timeout=timeout)

@@ -66,3 +66,46 @@ def test_photo_crops_are_seeded_and_varied():
     assert a.shape == (6, 3, 224, 224)
     assert not np.allclose(a[0], a[1])
     assert abs(float(a.mean())) < 1.5
+
+
+def test_feeds_recut_to_a_fixed_batch(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxcompress.inputs import fit_to_model_batch, fixed_batch, merge_feeds, rebatch
+
+    model = modelgen.small_resnet()
+    assert fixed_batch(model) is None
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 3, 16, 16]))
+    assert fixed_batch(fixed) == 2
+    x = np.arange(7 * 3 * 16 * 16, dtype=np.float32).reshape(7, 3, 16, 16)
+    feeds = [{"input": x[:3]}, {"input": x[3:4]}, {"input": x[4:]}]
+    assert fit_to_model_batch(model, feeds) is feeds
+    out = fit_to_model_batch(fixed, feeds)
+    assert [f["input"].shape[0] for f in out] == [2, 2, 2]  # the 7th sample cannot make a batch of 2
+    np.testing.assert_array_equal(np.concatenate([f["input"] for f in out]), x[:6])
+    assert [f["input"].shape[0] for f in merge_feeds(feeds, model=fixed)] == [2, 2, 2]
+    assert [f["input"].shape[0] for f in merge_feeds(feeds, batch=4)] == [4, 3]
+    with pytest.raises(OnnxCompressError, match="exactly 8"):
+        rebatch(feeds, 8)
+    np.savez(tmp_path / "d.npz", input=x)
+    assert [f["input"].shape[0] for f in npz_feeds(fixed, tmp_path / "d.npz", batch=5)] == [2, 2, 2]
+
+
+def test_npz_checks(tmp_path):
+    from onnxcompress.inputs import check_arrays
+
+    model = modelgen.small_resnet()
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    check_arrays({"input": x}, model, "x")
+    for bad, words in ((x.astype(np.uint8), "uint8"), (np.where(x == 0, np.nan, x), "NaN"),
+                       (np.full_like(x, -np.inf), "infinite")):
+        with pytest.raises(OnnxCompressError, match=words):
+            check_arrays({"input": bad}, model, "x")
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    with pytest.raises(OnnxCompressError, match="expected an array named 'input'.*'a'.*'b'"):
+        npz_feeds(model, tmp_path / "two.npz")
+    np.savez(tmp_path / "labelled.npz", images=x, y=np.arange(2))
+    assert npz_feeds(model, tmp_path / "labelled.npz")[0]["input"].shape == (1, 3, 16, 16)

@@ -146,7 +146,10 @@ void BasisConv::RunFallback(Ort::KernelContext& context, const ConvGeometry& g, 
                             Ort::UnownedValue& y) {
   const int64_t taps = kh_ * kw_, cols = in_per_group_ * d_;
   std::call_once(dense_once_, [&] {
-    std::vector<float> w(static_cast<size_t>(CheckedMul(CheckedMul(out_channels_, in_per_group_, "W"), taps, "W")));
+    const int64_t count = CheckedMul(out_channels_, in_per_group_, taps, "dense weights");
+    Require(count <= kMaxFallbackWeights, "the dense weights for ORT's Conv fallback (", count,
+            " values) are too large");
+    std::vector<float> w(static_cast<size_t>(count));
     for (int64_t o = 0; o < out_channels_; ++o)
       for (int64_t c = 0; c < in_per_group_; ++c)
         for (int64_t b = 0; b < d_; ++b) {
@@ -231,6 +234,19 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   const float lo = activation_.lo, hi = activation_.hi;
   float* maps = nullptr;
   if (!fused) maps = AlignedBuffer(scratch->maps, CheckedMul(CheckedMul(tiles, total_rows, "maps"), tile, "maps"));
+  // Per-task buffers, taken here (never inside a pool callback). Fused: the
+  // stage-1 tile T, then the stage sums; two-phase: the stage sums.
+  const int64_t fused_tasks = std::min<int64_t>(G * tiles, 256);
+  const int64_t t_floats = CeilDiv(CheckedMul(std::max<int64_t>(max_block_rows_, 1), tile, "tile"), 16) * 16;
+  const int64_t nob = std::max<int64_t>(1, std::min<int64_t>(Mg, 16 / std::max<int64_t>(1, G * tiles)));
+  const int64_t items2 = G * tiles * nob;
+  auto tasks_lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& task_buffers = *tasks_lease;
+  if (fused) {
+    task_buffers.Reserve(TaskSlots(fused_tasks), t_floats + CheckedMul(Mg, tile, "stage"));
+  } else {
+    task_buffers.Reserve(TaskSlots(items2), CheckedMul(CeilDiv(Mg, nob), tile, "stage"));
+  }
 
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* xn = xdata + n * image_in;
@@ -272,10 +288,10 @@ void BasisConv::Compute(Ort::KernelContext& context) {
 
     if (fused) {
       const int64_t items = G * tiles;
-      ParallelFor(context, items, std::min<int64_t>(items, 256), [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> t_buf, s_buf;
-        float* T = AlignedBuffer(t_buf, std::max<int64_t>(max_block_rows_, 1) * tile);
-        float* stage = AlignedBuffer(s_buf, Mg * tile);
+      ParallelFor(context, items, fused_tasks, [&](int64_t i0, int64_t i1) {
+        const TaskBuffers::Borrowed buffer = task_buffers.Borrow();
+        float* T = buffer.data();
+        float* stage = T + t_floats;
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t gi = i / tiles, q0 = (i % tiles) * tile;
           const int64_t b0 = group_block0_[gi], b1 = group_block0_[gi + 1];
@@ -303,11 +319,9 @@ void BasisConv::Compute(Ort::KernelContext& context) {
         }
       });
       // Phase 2: (group, tile, output block).
-      const int64_t nob = std::max<int64_t>(1, std::min<int64_t>(Mg, 16 / std::max<int64_t>(1, G * tiles)));
-      const int64_t items2 = G * tiles * nob;
       ParallelFor(context, items2, items2, [&](int64_t i0, int64_t i1) {
-        thread_local std::vector<float> s_buf;
-        float* stage = AlignedBuffer(s_buf, CeilDiv(Mg, nob) * tile);
+        const TaskBuffers::Borrowed buffer = task_buffers.Borrow();
+        float* stage = buffer.data();
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t ob = i % nob, t = (i / nob) % tiles, gi = i / (nob * tiles);
           const int64_t o0 = Mg * ob / nob, o1 = Mg * (ob + 1) / nob;

@@ -102,16 +102,19 @@ ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
   // The program: per channel, one segment per non-empty cluster. Every count
   // is >= 0, the counts add up to the number of indices, every index is a
   // column of the group (< C/group*kH*kW) and appears at most once per channel.
+  // Everything allocated here is sized by the initializers (M from counts,
+  // nnz from indices), never by weight_shape alone.
   const float* vals = values.As<float>();
   seg_begin_.assign(static_cast<size_t>(M) + 1, 0);
   seg_first_.clear();
   seg_value_.clear();
   rows_.resize(static_cast<size_t>(nnz));
   entry_value_.resize(static_cast<size_t>(nnz));
-  std::vector<int64_t> seen(static_cast<size_t>(D), -1);
+  std::vector<uint32_t> columns;  // one channel's columns, sorted to find repeats
   int64_t pos = 0;
   for (int64_t o = 0; o < M; ++o) {
     seg_begin_[o] = static_cast<int64_t>(seg_value_.size());
+    const int64_t channel_first = pos;
     for (int64_t k = 0; k < K; ++k) {
       const int64_t n = count[o * K + k];
       Require(n >= 0 && n <= D, "counts[", o, ", ", k, "] = ", n, " is outside [0, ", D, "]");
@@ -122,12 +125,15 @@ ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
       for (int64_t e = pos; e < pos + n; ++e) {
         const int64_t j = index[e];
         Require(j >= 0 && j < D, "indices[", e, "] = ", j, " is outside [0, ", D, ")");
-        Require(seen[j] != o, "column ", j, " appears twice in output channel ", o);
-        seen[j] = o;
         rows_[e] = static_cast<uint32_t>(j);
         entry_value_[e] = seg_value_.back();
       }
       pos += n;
+    }
+    columns.assign(rows_.begin() + channel_first, rows_.begin() + pos);
+    std::sort(columns.begin(), columns.end());
+    for (size_t i = 1; i < columns.size(); ++i) {
+      Require(columns[i] != columns[i - 1], "column ", columns[i], " appears twice in output channel ", o);
     }
   }
   Require(pos == nnz, "the counts add up to ", pos, " but there are ", nnz, " indices");
@@ -136,12 +142,17 @@ ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
   kernels_ = SelectClusteredSparseKernels();
   if (kernels_->per_entry_fma) {
     // Per channel: entries by column (input channel ascending), cut into
-    // column blocks of whole input channels, about kBlockColumns columns each.
+    // column blocks of whole input channels, about kBlockColumns columns
+    // each, and never more blocks than entries per channel on average (so
+    // the M * (blocks + 1) starts stay within nnz + 2M: a block with no
+    // entries in most channels saves nothing anyway).
     constexpr int64_t kBlockColumns = 96;
     const int64_t taps = kh_ * kw_;
-    const int64_t block_ch = std::max<int64_t>(1, kBlockColumns / taps);
+    const int64_t max_blocks = std::max<int64_t>(1, CeilDiv(nnz, M));
+    const int64_t block_ch =
+        std::max(std::max<int64_t>(1, kBlockColumns / taps), CeilDiv(in_per_group_, max_blocks));
     const int64_t block_cols = block_ch * taps;
-    nblocks_ = CeilDiv(D, block_cols);
+    nblocks_ = CeilDiv(in_per_group_, block_ch);
     entry_first_.assign(static_cast<size_t>(CheckedMul(M, nblocks_ + 1, "column blocks")), 0);
     std::vector<std::pair<uint32_t, float>> list;
     for (int64_t o = 0; o < M; ++o) {
@@ -160,6 +171,35 @@ ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
       first[0] = e0;
     }
   }
+  fallback_ = std::make_unique<OrtConv>(info, attrs_, /*with_bias=*/true);
+}
+
+// ORT's Conv on the equivalent dense weights (built on first use), then the
+// fused activation: for inputs whose phase planes the fast path cannot take.
+void ClusteredSparseConv::RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x,
+                                      Ort::UnownedValue& y) {
+  const int64_t D = in_per_group_ * kh_ * kw_;
+  std::call_once(dense_once_, [&] {
+    const int64_t count = CheckedMul(out_channels_, D, "dense weights");
+    Require(count <= kMaxFallbackWeights, "the dense weights for ORT's Conv fallback (", count,
+            " values) are too large");
+    std::vector<float> w(static_cast<size_t>(count), 0.0f);
+    for (int64_t o = 0; o < out_channels_; ++o) {
+      for (int64_t s = seg_begin_[o]; s < seg_begin_[o + 1]; ++s) {
+        for (int64_t e = seg_first_[s]; e < seg_first_[s + 1]; ++e) w[o * D + rows_[e]] = entry_value_[e];
+      }
+    }
+    dense_weight_ = std::move(w);
+  });
+  Require(!dense_weight_.empty(), "the dense weights for ORT's Conv fallback are too large");
+  const std::vector<int64_t> wshape{out_channels_, in_per_group_, kh_, kw_};
+  const std::vector<int64_t> bshape{out_channels_};
+  auto memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  Ort::Value w = Ort::Value::CreateTensor<float>(memory, dense_weight_.data(), dense_weight_.size(), wshape.data(),
+                                                 wshape.size());
+  Ort::Value b = Ort::Value::CreateTensor<float>(memory, bias_.data(), bias_.size(), bshape.data(), bshape.size());
+  fallback_->Run(context, x, w, b, y);
+  activation_.ApplyInPlace(y.GetTensorMutableData<float>(), g.batch * g.out_channels * g.out_plane());
 }
 
 std::shared_ptr<const ClusteredSparseConv::Offsets> ClusteredSparseConv::OffsetsFor(int64_t Hq, int64_t Wq,
@@ -224,13 +264,16 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
   const int64_t group_floats =
       CheckedMul(CheckedMul(CheckedMul(g.in_per_group, g.stride_h, "phase planes"), g.stride_w, "phase planes"), plane,
                  "phase planes");
-  // Entry offsets are 32-bit within a group: a huge padded image (or stride
-  // x pads blow-up) is refused rather than overflowed.
-  Require(group_floats + P + geo.Wq < (int64_t{1} << 32) - 1, "the padded input of one group is too large");
+  // Entry offsets are 32-bit within a group, and the phase planes should not
+  // dwarf the input (huge pads or strides around a small image): such inputs
+  // run ORT's Conv instead.
   const int64_t xq_floats = CheckedAdd(CheckedMul(group_floats, g.group, "phase planes"), P + geo.Wq + 16,
                                        "phase planes");
-  Require(xq_floats <= 16 * (g.in_channels * g.in_plane()) + (int64_t{1} << 24),
-          "the padded input would be far larger than the input (pads or strides too large)");
+  if (group_floats + P + geo.Wq >= (int64_t{1} << 32) - 1 ||
+      xq_floats > 16 * (g.in_channels * g.in_plane()) + (int64_t{1} << 24)) {
+    RunFallback(context, g, x, y);
+    return;
+  }
   const std::shared_ptr<const Offsets> offs = OffsetsFor(geo.Hq, geo.Wq, g.stride_h, g.stride_w, g.dil_h, g.dil_w);
 
   cluspa::Program prog;

@@ -12,6 +12,7 @@
 #include "clustered_sparse_conv_kernels.h"
 #include "common.h"
 #include "conv_geometry.h"
+#include "dense_conv.h"
 #include "op_base.h"
 
 namespace onnxcompress {
@@ -39,6 +40,7 @@ class ClusteredSparseConv : public KernelBase<ClusteredSparseConv> {
     int64_t sh = 0, sw = 0, Hq = -1, Wq = -1;
     std::vector<uint32_t> off;  // [nnz]
   };
+  void RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x, Ort::UnownedValue& y);
   std::shared_ptr<const Offsets> OffsetsFor(int64_t Hq, int64_t Wq, int64_t sh, int64_t sw, int64_t dh, int64_t dw);
 
   ConvAttributes attrs_;
@@ -55,6 +57,9 @@ class ClusteredSparseConv : public KernelBase<ClusteredSparseConv> {
   std::mutex offsets_mutex_;
   std::shared_ptr<const Offsets> offsets_;
   std::vector<float> bias_;
+  std::unique_ptr<OrtConv> fallback_;  // ORT's Conv, for inputs the phase planes cannot take
+  std::once_flag dense_once_;
+  std::vector<float> dense_weight_;    // built on first fallback use
 
   ScratchPool<Scratch> scratch_pool_;
 };

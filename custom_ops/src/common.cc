@@ -4,55 +4,120 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <thread>
 
 namespace onnxcompress {
 
 int64_t CheckedMul(int64_t a, int64_t b, const char* what) {
+  // Operands are checked first; __builtin_mul_overflow never forms a wrapped product.
   int64_t out;
-  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &out) || out > (int64_t{1} << 48)) {
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &out) || out > kMaxCount) {
     Fail(what, " is too large (", a, " x ", b, ")");
   }
   return out;
 }
 
+int64_t CheckedMul(int64_t a, int64_t b, int64_t c, const char* what) {
+  return CheckedMul(CheckedMul(a, b, what), c, what);
+}
+
 int64_t CheckedAdd(int64_t a, int64_t b, const char* what) {
   int64_t out;
-  if (__builtin_add_overflow(a, b, &out)) Fail(what, " overflows");
+  if (__builtin_add_overflow(a, b, &out) || out > kMaxCount || out < -kMaxCount) Fail(what, " overflows");
   return out;
 }
 
 namespace {
-// ORT reports a missing attribute with a status whose message says so; any
-// other failure (wrong type, ...) is a real error of the node.
-bool IsMissingAttribute(const Ort::Exception& e) {
-  const std::string message = e.what();
-  return message.find("No attribute") != std::string::npos ||
-         message.find("not found") != std::string::npos;
+const OrtShapeInferContext*& CurrentShapeInferContext() {
+  thread_local const OrtShapeInferContext* current = nullptr;
+  return current;
+}
+}  // namespace
+
+ShapeInferScope::ShapeInferScope(const OrtShapeInferContext* ctx) : previous_(CurrentShapeInferContext()) {
+  CurrentShapeInferContext() = ctx;
 }
 
+ShapeInferScope::~ShapeInferScope() { CurrentShapeInferContext() = previous_; }
+
+std::string ShapeInferAttrString(const char* name) {
+  const OrtShapeInferContext* ctx = CurrentShapeInferContext();
+  if (ctx == nullptr) throw std::logic_error("ShapeInferAttrString outside a shape inference");
+  const OrtApi& api = Ort::GetApi();
+  const OrtOpAttr* attr = nullptr;
+  Ort::ThrowOnError(api.ShapeInferContext_GetAttribute(ctx, name, &attr));
+  if (attr == nullptr) throw std::runtime_error(std::string("no attribute ") + name);
+  // The first read asks for the size (runtimes differ: with or without a terminating NUL).
+  char probe = 0;
+  size_t size = 0;
+  if (OrtStatus* status = api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, &probe, 0, &size)) {
+    api.ReleaseStatus(status);
+  }
+  if (size == 0) {
+    Ort::ThrowOnError(api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, &probe, 0, &size));  // empty, or not a string
+    return std::string();
+  }
+  std::vector<char> chars(size + 1, '\0');
+  size_t written = 0;
+  Ort::ThrowOnError(api.ReadOpAttr(attr, ORT_OP_ATTR_STRING, chars.data(), size, &written));
+  written = std::min(written, size);
+  const auto end = std::find(chars.begin(), chars.begin() + static_cast<std::ptrdiff_t>(written), '\0');
+  return std::string(chars.begin(), end);
+}
+
+bool HasAttribute(const Ort::ConstKernelInfo& info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  const OrtKernelInfo* raw = info;
+  auto ok = [&](OrtStatus* status) {
+    if (status == nullptr) return true;
+    api.ReleaseStatus(status);
+    return false;
+  };
+  int64_t i = 0;
+  float f = 0.0f;
+  size_t size = 0;
+  return ok(api.KernelInfoGetAttribute_int64(raw, name, &i)) ||
+         ok(api.KernelInfoGetAttribute_float(raw, name, &f)) ||
+         ok(api.KernelInfoGetAttribute_string(raw, name, nullptr, &size)) ||
+         ok(api.KernelInfoGetAttributeArray_int64(raw, name, nullptr, &size)) ||
+         ok(api.KernelInfoGetAttributeArray_float(raw, name, nullptr, &size));
+}
+
+namespace {
+// The attribute when the node has it (of the right type), the fallback when
+// it has none; present with another type is an error of the node.
 template <typename T, typename Read>
-T ReadOr(const char* name, T fallback, Read read) {
+T ReadOr(const Ort::ConstKernelInfo& info, const char* name, T fallback, Read read) {
+  if (!HasAttribute(info, name)) return fallback;
   try {
     return read();
   } catch (const Ort::Exception& e) {
-    if (IsMissingAttribute(e)) return fallback;
-    Fail("attribute '", name, "': ", e.what());
+    Fail("attribute '", name, "' has the wrong type (", e.what(), ")");
   }
 }
 }  // namespace
 
 int64_t AttrInt(const Ort::ConstKernelInfo& info, const char* name, int64_t fallback) {
-  return ReadOr<int64_t>(name, fallback, [&] { return info.GetAttribute<int64_t>(name); });
+  return ReadOr<int64_t>(info, name, fallback, [&] { return info.GetAttribute<int64_t>(name); });
 }
 float AttrFloat(const Ort::ConstKernelInfo& info, const char* name, float fallback) {
-  return ReadOr<float>(name, fallback, [&] { return info.GetAttribute<float>(name); });
+  return ReadOr<float>(info, name, fallback, [&] { return info.GetAttribute<float>(name); });
 }
 std::string AttrString(const Ort::ConstKernelInfo& info, const char* name, const std::string& fallback) {
-  return ReadOr<std::string>(name, fallback, [&] { return info.GetAttribute<std::string>(name); });
+  return ReadOr<std::string>(info, name, fallback, [&] { return info.GetAttribute<std::string>(name); });
 }
 std::vector<int64_t> AttrInts(const Ort::ConstKernelInfo& info, const char* name,
                               const std::vector<int64_t>& fallback) {
-  return ReadOr<std::vector<int64_t>>(name, fallback, [&] { return info.GetAttributes<int64_t>(name); });
+  std::vector<int64_t> v =
+      ReadOr<std::vector<int64_t>>(info, name, fallback, [&] { return info.GetAttributes<int64_t>(name); });
+  if (v.empty()) {
+    // ORT reads a list attribute of another element type as an empty list of ints.
+    size_t floats = 0;
+    OrtStatus* status = Ort::GetApi().KernelInfoGetAttributeArray_float(info, name, nullptr, &floats);
+    if (status != nullptr) Ort::GetApi().ReleaseStatus(status);
+    Require(status != nullptr || floats == 0, "attribute '", name, "' has the wrong type (floats, not ints)");
+  }
+  return v;
 }
 
 bool HasInput(const Ort::ConstKernelInfo& info, size_t index) {
@@ -96,6 +161,57 @@ bool CpuHas(Isa isa) {
   return isa == Isa::kGeneric;
 }
 }  // namespace
+
+bool IsaForced() {
+  const char* env = std::getenv("ONNXCOMPRESS_ISA");
+  if (env == nullptr || *env == '\0') return false;
+  std::string want = env;
+  for (char& ch : want) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return want != "auto";
+}
+
+const char* IsaName(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : (isa == Isa::kAvx2 ? "avx2" : "generic");
+}
+
+int64_t TaskSlots(int64_t tasks) {
+  static const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return std::max<int64_t>(1, std::min(tasks, hardware));
+}
+
+ScratchPool<TaskBuffers>& SharedTaskBuffers() {
+  static auto* pool = new ScratchPool<TaskBuffers>();  // never destroyed: kernels may outlive static teardown
+  return *pool;
+}
+
+void TaskBuffers::Reserve(int64_t slots, int64_t floats) {
+  Require(slots >= 1 && floats >= 0, "bad task buffer request");
+  const int64_t stride = CeilDiv(std::max<int64_t>(floats, 1), 16) * 16;
+  const int64_t need = CheckedAdd(CheckedMul(slots, stride, "task buffers"), 16, "task buffers");
+  if (static_cast<int64_t>(storage_.size()) < need) storage_.resize(static_cast<size_t>(need));
+  if (capacity_slots_ < slots) {
+    busy_ = std::make_unique<std::atomic<bool>[]>(static_cast<size_t>(slots));
+    capacity_slots_ = slots;
+  }
+  for (int64_t i = 0; i < slots; ++i) busy_[i].store(false, std::memory_order_relaxed);
+  slots_ = slots;
+  stride_ = stride;
+  float* p = storage_.data();
+  base_ = p + (16 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 16) % 16;
+}
+
+TaskBuffers::Borrowed TaskBuffers::Borrow() {
+  for (;;) {
+    for (int64_t i = 0; i < slots_; ++i) {
+      bool expected = false;
+      if (!busy_[i].load(std::memory_order_relaxed) &&
+          busy_[i].compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+        return Borrowed(this, i);
+      }
+    }
+    std::this_thread::yield();
+  }
+}
 
 Isa SelectIsa() {
   const char* env = std::getenv("ONNXCOMPRESS_ISA");

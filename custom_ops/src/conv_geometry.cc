@@ -57,7 +57,7 @@ struct ShapeInferSource {
     return Or(d, [&] { return ctx.GetAttrInts(n); });
   }
   std::string String(const char* n, const std::string& d) const {
-    return Or(d, [&] { return ctx.GetAttrString(n); });
+    return Or(d, [&] { return ShapeInferAttrString(n); });  // not ctx.GetAttrString (common.h)
   }
 };
 }  // namespace
@@ -141,8 +141,9 @@ int64_t ConvOutputSize(const ConvAttributes& a, int axis, int64_t in, int64_t k,
     Require(in >= extent, "input size ", in, " is smaller than the dilated kernel ", extent, " on axis ", axis + 2);
     out = (in - extent) / stride + 1;
   } else {  // SAME_UPPER / SAME_LOWER: output = ceil(in / stride)
-    out = (in + stride - 1) / stride;
-    const int64_t total = std::max<int64_t>(0, (out - 1) * stride + extent - in);
+    out = CheckedAdd(in, stride - 1, "input size") / stride;
+    const int64_t reach = out == 0 ? 0 : CheckedAdd(CheckedMul(out - 1, stride, "input size"), extent, "input size");
+    const int64_t total = std::max<int64_t>(0, reach - in);
     begin = a.auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
   }
   if (pad_begin) *pad_begin = begin;
@@ -172,10 +173,15 @@ ConvGeometry ResolveConvGeometry(const ConvAttributes& a, const std::vector<int6
   g.dil_w = a.dilations[1];
   g.out_h = ConvOutputSize(a, 0, g.in_h, kh, &g.pad_top);
   g.out_w = ConvOutputSize(a, 1, g.in_w, kw, &g.pad_left);
-  // Every buffer size a kernel computes from the geometry must fit.
-  CheckedMul(CheckedMul(g.batch, g.in_channels, "input"), g.in_plane(), "input");
-  CheckedMul(CheckedMul(g.batch, g.out_channels, "output"), g.out_plane(), "output");
-  CheckedMul(CheckedMul(g.in_channels, g.taps(), "im2col row"), g.out_plane(), "im2col");
+  // Every size a kernel computes from the geometry must fit: each product is
+  // checked before it is formed (after this, in_plane(), out_plane() and
+  // taps() and the products below cannot overflow).
+  const int64_t in_plane = CheckedMul(g.in_h, g.in_w, "input plane");
+  const int64_t out_plane = CheckedMul(g.out_h, g.out_w, "output plane");
+  const int64_t taps = CheckedMul(kh, kw, "kernel");
+  CheckedMul(g.batch, g.in_channels, in_plane, "input");
+  CheckedMul(g.batch, g.out_channels, out_plane, "output");
+  CheckedMul(CheckedMul(g.in_channels, taps, "im2col row"), out_plane, "im2col");
   return g;
 }
 

@@ -7,6 +7,10 @@
 
 namespace onnxcompress {
 
+// Largest dense weight tensor a fallback builds (1 GiB of floats): far above
+// any real CNN layer, far below what a crafted attribute could ask for.
+inline constexpr int64_t kMaxFallbackWeights = int64_t{1} << 28;
+
 class OrtConv {
  public:
   OrtConv(const Ort::ConstKernelInfo& info, const ConvAttributes& attrs, bool with_bias);

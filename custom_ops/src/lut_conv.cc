@@ -170,6 +170,14 @@ LutConv::LutConv(const Ort::ConstKernelInfo& info) {
   kernels_ = SelectLutKernels();
 }
 
+namespace lut {
+int64_t WorkFloats(const Plan& p, int64_t rows, int64_t blocks) {
+  const int64_t floats = 2 * rows * kOutTile + (p.tree ? 0 : CheckedMul(p.S, rows, "encoder scratch"));
+  const int64_t code_bytes = CheckedAdd(CheckedMul(p.C, blocks, rows, "codes"), 64, "codes");
+  return floats + CeilDiv(code_bytes, 4);
+}
+}  // namespace lut
+
 void LutConv::Compute(Ort::KernelContext& context) {
   Ort::ConstValue x = context.GetInput(0);
   Require(x != nullptr && x.IsTensor(), "input X is missing");
@@ -181,45 +189,49 @@ void LutConv::Compute(Ort::KernelContext& context) {
   Ort::UnownedValue y = context.GetOutput(0, g.OutputShape());
   if (g.batch == 0 || g.out_plane() == 0) return;
 
-  // Padded image, big enough for every tap of every output pixel; indexed
-  // with int32 by the kernels.
-  const int64_t reach_h = CheckedAdd(CheckedMul(g.out_h - 1, g.stride_h, "padded input"),
-                                     CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1, "padded input");
+  // The padded input (zero border), indexed with int32 by the kernels. Bands
+  // of output rows: one band (the whole image) unless the padded copy would
+  // be far larger than the input (huge pads or strides) or too large for
+  // int32 indices; then each band pads only the input rows it reads.
   const int64_t reach_w = CheckedAdd(CheckedMul(g.out_w - 1, g.stride_w, "padded input"),
                                      CheckedMul(g.kw - 1, g.dil_w, "padded input") + 1, "padded input");
-  const int64_t Hp = std::max(CheckedAdd(g.pad_top, g.in_h, "padded input"), reach_h);
   const int64_t Wp = std::max(CheckedAdd(g.pad_left, g.in_w, "padded input"), reach_w);
-  const int64_t plane_p = CheckedMul(Hp, Wp, "padded input");
+  const int64_t extent_h = CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1;
+  const int64_t row_floats = CheckedMul(g.in_channels, Wp, "padded input");
+  // padded rows read by a band of `rows` output rows
+  auto band_rows_in = [&](int64_t rows) { return CheckedMul(rows - 1, g.stride_h, "padded input") + extent_h; };
+  const int64_t image_in = g.in_channels * g.in_plane();
+  const int64_t limit = std::min<int64_t>((int64_t{1} << 31) - 1, 4 * image_in + (int64_t{1} << 22));
+  int64_t band = g.out_h;
+  if (CheckedMul(band_rows_in(band), row_floats, "padded input") > limit) {
+    band = std::max<int64_t>(1, ((limit / row_floats) - extent_h) / g.stride_h + 1);
+    band = std::min(band, g.out_h);
+  }
+  const int64_t rows_in = band_rows_in(band);
+  const int64_t plane_p = CheckedMul(rows_in, Wp, "padded input");
   const int64_t padded = CheckedMul(plane_p, g.in_channels, "padded input");
-  Require(padded < (int64_t{1} << 31) - 1, "the padded input (", padded, " values) is too large for LutConv");
+  Require(padded < (int64_t{1} << 31) - 1, "the input one output row of LutConv reads (", padded,
+          " values, padded) is too large");
 
   auto scratch = scratch_pool_.Acquire();
 
   const lut::Kernels& k = *kernels_;
   const int64_t R = k.rows;
-  const int64_t blocks = CeilDiv(g.out_plane(), R);
-  scratch->base.resize(static_cast<size_t>(blocks * R + 64));  // slack: vector reads past the last block
-  for (int64_t op = 0; op < blocks * R + 64; ++op) {
-    const int64_t q = std::min(op, g.out_plane() - 1);
-    scratch->base[op] = static_cast<int32_t>((q / g.out_w) * g.stride_h * Wp + (q % g.out_w) * g.stride_w);
-  }
-  const int64_t cg = g.in_per_group;
-  scratch->col_off.resize(static_cast<size_t>(G_ * D_));
-  for (int64_t gi = 0; gi < G_; ++gi) {
-    for (int64_t c = 0, d = 0; c < cg; ++c) {
-      for (int64_t ky = 0; ky < g.kh; ++ky) {
-        for (int64_t kx = 0; kx < g.kw; ++kx, ++d) {
-          scratch->col_off[gi * D_ + d] =
-              static_cast<int32_t>((gi * cg + c) * plane_p + ky * g.dil_h * Wp + kx * g.dil_w);
-        }
-      }
-    }
-  }
-  if (tree_) {
+  // Offset of im2col column d = (c, ky, kx) of group gi in the padded band.
+  const int64_t cg = g.in_per_group, taps = g.taps();
+  auto col_off = [&](int64_t gi, int64_t d) {
+    const int64_t c = d / taps, ky = (d % taps) / g.kw, kx = d % g.kw;
+    return static_cast<int32_t>((gi * cg + c) * plane_p + ky * g.dil_h * Wp + kx * g.dil_w);
+  };
+  if (tree_) {  // only the split columns (D, from attributes, can be far larger than the tables)
     scratch->split_off.resize(split_dims_.size());
     for (size_t i = 0; i < split_dims_.size(); ++i) {
-      const int64_t gi = static_cast<int64_t>(i) / (C_ * 4);
-      scratch->split_off[i] = scratch->col_off[gi * D_ + split_dims_[i]];
+      scratch->split_off[i] = col_off(static_cast<int64_t>(i) / (C_ * 4), split_dims_[i]);
+    }
+  } else {  // exhaustive: every column (D <= C*S, checked at creation against the prototypes)
+    scratch->col_off.resize(static_cast<size_t>(G_ * D_));
+    for (int64_t gi = 0; gi < G_; ++gi) {
+      for (int64_t d = 0; d < D_; ++d) scratch->col_off[gi * D_ + d] = col_off(gi, d);
     }
   }
 
@@ -230,10 +242,9 @@ void LutConv::Compute(Ort::KernelContext& context) {
   plan.K = K_;
   plan.S = S_;
   plan.Mg = Mg_;
-  plan.plane = g.out_plane();
   plan.out_w = g.out_w;
+  plan.y_stride = g.out_plane();
   plan.unit_stride_w = g.stride_w == 1;
-  plan.base = scratch->base.data();
   plan.col_off = scratch->col_off.data();
   plan.tree = tree_;
   plan.split_off = scratch->split_off.data();
@@ -254,35 +265,62 @@ void LutConv::Compute(Ort::KernelContext& context) {
   plan.xp = xp;
   const float* xdata = x.GetTensorData<float>();
   float* ydata = y.GetTensorMutableData<float>();
-  const int64_t image_in = g.in_channels * g.in_plane();
   const int64_t image_out = g.out_channels * g.out_plane();
-  const int64_t items = G_ * blocks;
-  const int64_t tasks = std::min<int64_t>(items, 64);
+  // Per-task work buffers for the largest band, taken before the regions.
+  const int64_t max_blocks = CeilDiv(band * g.out_w, R);
+  const int64_t max_items = G_ * max_blocks;
+  const int64_t max_tasks = std::min<int64_t>(max_items, 64);
+  auto tasks_lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& task_buffers = *tasks_lease;
+  task_buffers.Reserve(TaskSlots(max_tasks), lut::WorkFloats(plan, R, CeilDiv(max_items, max_tasks)));
+  scratch->base.resize(static_cast<size_t>(max_blocks * R + 64));  // slack: vector reads past the last block
+  int64_t based_rows = -1;  // the band height `base` holds
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* xn = xdata + n * image_in;
-    ParallelFor(context, g.in_channels, std::min<int64_t>(g.in_channels, 16), [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        float* dst = xp + c * plane_p;
-        const float* src = xn + c * g.in_plane();
-        std::fill(dst, dst + g.pad_top * Wp, 0.0f);
-        for (int64_t r = 0; r < g.in_h; ++r) {
-          float* row = dst + (g.pad_top + r) * Wp;
-          std::fill(row, row + g.pad_left, 0.0f);
-          std::memcpy(row + g.pad_left, src + r * g.in_w, sizeof(float) * g.in_w);
-          std::fill(row + g.pad_left + g.in_w, row + Wp, 0.0f);
-        }
-        std::fill(dst + (g.pad_top + g.in_h) * Wp, dst + plane_p, 0.0f);
-      }
-    });
     float* yn = ydata + n * image_out;
-    ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
-      while (i0 < i1) {
-        const int64_t gi = i0 / blocks, b0 = i0 % blocks;
-        const int64_t b1 = std::min(blocks, b0 + (i1 - i0));
-        k.run(plan, yn, gi, b0, b1);
-        i0 += b1 - b0;
+    for (int64_t oy0 = 0; oy0 < g.out_h; oy0 += band) {
+      const int64_t rows = std::min(band, g.out_h - oy0);
+      const int64_t plane = rows * g.out_w, blocks = CeilDiv(plane, R);
+      if (rows != based_rows) {
+        for (int64_t op = 0; op < blocks * R + 64; ++op) {
+          const int64_t q = std::min(op, plane - 1);
+          scratch->base[op] = static_cast<int32_t>((q / g.out_w) * g.stride_h * Wp + (q % g.out_w) * g.stride_w);
+        }
+        based_rows = rows;
       }
-    });
+      plan.base = scratch->base.data();
+      plan.plane = plane;
+      // Padded row r of the band is padded row pr0 + r of the image.
+      const int64_t pr0 = oy0 * g.stride_h, band_in = band_rows_in(rows);
+      ParallelFor(context, g.in_channels, std::min<int64_t>(g.in_channels, 16), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          float* dst = xp + c * plane_p;
+          const float* src = xn + c * g.in_plane();
+          for (int64_t r = 0; r < band_in; ++r) {
+            float* row = dst + r * Wp;
+            const int64_t iy = pr0 + r - g.pad_top;
+            if (iy < 0 || iy >= g.in_h) {
+              std::memset(row, 0, sizeof(float) * Wp);
+              continue;
+            }
+            std::memset(row, 0, sizeof(float) * g.pad_left);
+            std::memcpy(row + g.pad_left, src + iy * g.in_w, sizeof(float) * g.in_w);
+            std::memset(row + g.pad_left + g.in_w, 0, sizeof(float) * (Wp - g.pad_left - g.in_w));
+          }
+        }
+      });
+      float* yb = yn + oy0 * g.out_w;
+      const int64_t items = G_ * blocks;
+      ParallelFor(context, items, std::min<int64_t>(items, 64), [&](int64_t i0, int64_t i1) {
+        const TaskBuffers::Borrowed work = task_buffers.Borrow();
+        while (i0 < i1) {
+          const int64_t gi = i0 / blocks, b0 = i0 % blocks;
+          const int64_t b1 = std::min(blocks, b0 + (i1 - i0));
+          k.run(plan, yb, gi, b0, b1, work.data());
+          i0 += b1 - b0;
+        }
+      });
+    }
   }
 }
 

@@ -17,6 +17,7 @@
 //   tf[g][c][K][Mg]   fp32 tables
 //   tq[g][c][Mg][kp]  8-bit tables, kp = 16 when K <= 16 (entries >= K zero), else K
 //   scale[G*Mg], bias[G*Mg]: y = scale * sum(tq) + bias (8-bit), y = sum(tf) + bias (fp32)
+//   y[o * y_stride + op]  the output pixels of the band (op < plane)
 #pragma once
 
 #include <cstdint>
@@ -24,9 +25,12 @@
 namespace onnxcompress {
 namespace lut {
 
+constexpr int64_t kOutTile = 64;  // outputs per accumulator tile
+
 struct Plan {
   int64_t G = 1, D = 0, C = 0, K = 0, S = 0, Mg = 0;
-  int64_t plane = 0, out_w = 0;     // output pixels of one image, output width
+  int64_t plane = 0, out_w = 0;     // output pixels of the band of rows computed, output width
+  int64_t y_stride = 0;             // floats between output channels of y (the image's output plane)
   bool unit_stride_w = false;       // consecutive output pixels of a row read consecutive inputs
   const float* xp = nullptr;
   const int32_t* base = nullptr;    // [plane rounded up to the block size, + 64]
@@ -48,9 +52,16 @@ struct Plan {
 struct Kernels {
   const char* name;
   int rows;  // output pixels per block (codes per SIMD lookup)
-  // Encodes and evaluates row blocks [b0, b1) of group g of one image into NCHW y.
-  void (*run)(const Plan& p, float* y, int64_t g, int64_t b0, int64_t b1);
+  // Encodes and evaluates row blocks [b0, b1) of group g of one image into NCHW y;
+  // `work` holds WorkFloats(p, rows, b1 - b0) floats, 64-byte aligned (taken
+  // by the caller before its parallel region).
+  void (*run)(const Plan& p, float* y, int64_t g, int64_t b0, int64_t b1, float* work);
 };
+
+// Floats of work buffer one call of run() over `blocks` row blocks of `rows`
+// pixels needs: two accumulator tiles, the exhaustive encoder's sub-vectors,
+// then the codes (bytes). Defined in lut_conv.cc, outside the ISA units.
+int64_t WorkFloats(const Plan& p, int64_t rows, int64_t blocks);
 
 // nullptr when the library was built without that instruction set.
 const Kernels* KernelsAvx512();

@@ -13,13 +13,16 @@
 //      16-bit accumulators, flushed to fp32 every 256 codebooks (255 * 256 <
 //      65536: no overflow), scalar for other CPUs or K > 16;
 //   3. scale, bias, fused activation, store into NCHW y.
+//
+// Nothing from the C++ standard library that could be instantiated out of
+// line (a template kept as a COMDAT symbol could be shared with another ISA's
+// translation unit and run AVX-512 code on an AVX2 CPU): everything below is
+// in an anonymous namespace, with its own Min/Max; scratch comes from the
+// caller (no allocation in a thread-pool task).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <limits>
-#include <vector>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -30,16 +33,20 @@
 namespace onnxcompress {
 namespace lut {
 namespace LUT_NS {
+namespace {
 
 constexpr int R = LUT_ROWS;
-constexpr int64_t kOutTile = 64;    // outputs per accumulator tile
 constexpr int64_t kFlushEvery = 256;  // codebooks per 16-bit accumulation
+
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline float MinF(float a, float b) { return b < a ? b : a; }
+inline float MaxF(float a, float b) { return a < b ? b : a; }
 
 // ------------------------------------------------------------------ encoding
 
 // Tree codes of output pixels [op_begin, op_end) into codes[c * stride + (op - op_begin)].
 // Pixels past the plane read the last pixel (base repeats it); their codes are never used.
-void EncodeTreeScalar(const Plan& p, int64_t g, int64_t op_begin, int64_t op_end, uint8_t* codes, int64_t stride) {
+[[maybe_unused]] void EncodeTreeScalar(const Plan& p, int64_t g, int64_t op_begin, int64_t op_end, uint8_t* codes, int64_t stride) {
   for (int64_t c = 0; c < p.C; ++c) {
     const int32_t* so = p.split_off + (g * p.C + c) * 4;
     const float* t = p.thr + (g * p.C + c) * 16;
@@ -58,7 +65,7 @@ void EncodeTreeScalar(const Plan& p, int64_t g, int64_t op_begin, int64_t op_end
 // unit stride and rows of at least V pixels a vector stops at the row's end
 // (contiguous loads beat gathers); otherwise it takes V pixels and gathers.
 inline int64_t NextChunk(const Plan& p, int64_t op, int64_t op_end, int64_t V, bool* contiguous) {
-  int64_t n = std::min(V, op_end - op);
+  int64_t n = Min(V, op_end - op);
   *contiguous = false;
   if (p.unit_stride_w && op < p.plane) {
     const int64_t in_row = p.out_w - op % p.out_w;
@@ -157,7 +164,7 @@ void EncodeExhaustive(const Plan& p, int64_t g, int64_t op0, uint8_t* codes, int
     }
     uint8_t* out = codes + c * stride;
     for (int r = 0; r < R; ++r) {
-      best[r] = std::numeric_limits<float>::infinity();
+      best[r] = __builtin_inff();
       out[r] = 0;
     }
     const float* pk = p.protos + (g * p.C + c) * p.K * p.S;
@@ -183,15 +190,15 @@ void EncodeExhaustive(const Plan& p, int64_t g, int64_t op0, uint8_t* codes, int
 
 // y[o][op0 + r] = act(scale[o] * acc[j][r] + bias[o]) for outputs o0 + j, j < no.
 void Store(const Plan& p, float* y, int64_t g, int64_t o0, int64_t no, int64_t op0, const float* acc, bool scaled) {
-  const int64_t rows = std::min<int64_t>(R, p.plane - op0);
+  const int64_t rows = Min(R, p.plane - op0);
   for (int64_t j = 0; j < no; ++j) {
     const int64_t o = g * p.Mg + o0 + j;
     const float sc = scaled ? p.scale[o] : 1.0f, b = p.bias[o];
     const float* a = acc + j * R;
-    float* dst = y + o * p.plane + op0;
+    float* dst = y + o * p.y_stride + op0;
     if (p.clamp) {
       const float lo = p.lo, hi = p.hi;
-      for (int64_t r = 0; r < rows; ++r) dst[r] = std::min(std::max(sc * a[r] + b, lo), hi);
+      for (int64_t r = 0; r < rows; ++r) dst[r] = MinF(MaxF(sc * a[r] + b, lo), hi);
     } else {
       for (int64_t r = 0; r < rows; ++r) dst[r] = sc * a[r] + b;
     }
@@ -202,7 +209,7 @@ void Store(const Plan& p, float* y, int64_t g, int64_t o0, int64_t no, int64_t o
 void LookupFloat(const Plan& p, float* y, int64_t g, int64_t op0, const uint8_t* codes, int64_t stride,
                  float* acc_rj, float* acc_jr) {
   for (int64_t o0 = 0; o0 < p.Mg; o0 += kOutTile) {
-    const int64_t no = std::min(kOutTile, p.Mg - o0);
+    const int64_t no = Min(kOutTile, p.Mg - o0);
     std::memset(acc_rj, 0, sizeof(float) * R * kOutTile);
     for (int64_t c = 0; c < p.C; ++c) {
       const float* tc = p.tf + (g * p.C + c) * p.K * p.Mg + o0;
@@ -225,7 +232,7 @@ void LookupBytesScalar(const Plan& p, float* y, int64_t g, int64_t op0, const ui
                        float* acc) {
   uint32_t sums[R];
   for (int64_t o0 = 0; o0 < p.Mg; o0 += kOutTile) {
-    const int64_t no = std::min(kOutTile, p.Mg - o0);
+    const int64_t no = Min(kOutTile, p.Mg - o0);
     for (int64_t j = 0; j < no; ++j) {
       for (int r = 0; r < R; ++r) sums[r] = 0;
       for (int64_t c = 0; c < p.C; ++c) {
@@ -250,7 +257,7 @@ void LookupBytesBlock(const Plan& p, int64_t g, int64_t o0, const uint8_t* codes
                                                     24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
   const __m512i first = _mm512_load_si512(kFirst), second = _mm512_load_si512(kSecond);
   for (int64_t c0 = 0; c0 < p.C; c0 += kFlushEvery) {
-    const int64_t c1 = std::min(p.C, c0 + kFlushEvery);
+    const int64_t c1 = Min(p.C, c0 + kFlushEvery);
     __m512i lo[NO], hi[NO];
     for (int j = 0; j < NO; ++j) lo[j] = hi[j] = _mm512_setzero_si512();
     for (int64_t c = c0; c < c1; ++c) {
@@ -286,7 +293,7 @@ constexpr int kNo = 4;  // outputs per register block: 8 accumulators of 16 ymm
 template <int NO>
 void LookupBytesBlock(const Plan& p, int64_t g, int64_t o0, const uint8_t* codes, int64_t stride, float* acc) {
   for (int64_t c0 = 0; c0 < p.C; c0 += kFlushEvery) {
-    const int64_t c1 = std::min(p.C, c0 + kFlushEvery);
+    const int64_t c1 = Min(p.C, c0 + kFlushEvery);
     __m256i lo[NO], hi[NO];
     for (int j = 0; j < NO; ++j) lo[j] = hi[j] = _mm256_setzero_si256();
     for (int64_t c = c0; c < c1; ++c) {
@@ -338,25 +345,28 @@ void LookupBytes(const Plan& p, float* y, int64_t g, int64_t op0, const uint8_t*
   LookupBytesScalar(p, y, g, op0, codes, stride, acc);
 }
 
-void Run(const Plan& p, float* y, int64_t g, int64_t b0, int64_t b1) {
+// work: WorkFloats(p, b1 - b0) floats (lut_conv_kernels.h), 64-byte aligned.
+void Run(const Plan& p, float* y, int64_t g, int64_t b0, int64_t b1, float* work) {
   const int64_t stride = (b1 - b0) * R;
-  std::vector<uint8_t> codes(static_cast<size_t>(p.C * stride) + 64);
-  std::vector<float> acc(static_cast<size_t>(R * kOutTile));
-  std::vector<float> acc2(static_cast<size_t>(R * kOutTile));
-  std::vector<float> sub(p.tree ? 0 : static_cast<size_t>(p.S * R));
+  float* acc = work;
+  float* acc2 = acc + R * kOutTile;
+  float* sub = acc2 + R * kOutTile;
+  uint8_t* codes = reinterpret_cast<uint8_t*>(sub + (p.tree ? 0 : p.S * R));
   float best[R];
-  if (p.tree) EncodeTree(p, g, b0 * R, b1 * R, codes.data(), stride);
+  if (p.tree) EncodeTree(p, g, b0 * R, b1 * R, codes, stride);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t op0 = b * R;
-    uint8_t* cb = codes.data() + (b - b0) * R;
-    if (!p.tree) EncodeExhaustive(p, g, op0, cb, stride, sub.data(), best);
+    uint8_t* cb = codes + (b - b0) * R;
+    if (!p.tree) EncodeExhaustive(p, g, op0, cb, stride, sub, best);
     if (p.tf != nullptr) {
-      LookupFloat(p, y, g, op0, cb, stride, acc.data(), acc2.data());
+      LookupFloat(p, y, g, op0, cb, stride, acc, acc2);
     } else {
-      LookupBytes(p, y, g, op0, cb, stride, acc.data());
+      LookupBytes(p, y, g, op0, cb, stride, acc);
     }
   }
 }
+
+}  // namespace
 
 const Kernels kTable = {LUT_NAME, R, &Run};
 

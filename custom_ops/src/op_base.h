@@ -34,6 +34,21 @@ struct KernelBase {
 //   explicit Kernel(const Ort::ConstKernelInfo&)  (validates; throws InvalidNode)
 template <typename Kernel>
 struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel>, Kernel, /*WithStatus=*/true> {
+  // ORT's shape inference enters here instead of through the base's entry, so that the
+  // inference runs in a ShapeInferScope (string attributes, common.h) and no exception
+  // crosses into ORT.
+  CustomOp() {
+    OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp*, OrtShapeInferContext* raw) -> OrtStatusPtr {
+      try {
+        ShapeInferScope scope(raw);
+        Ort::ShapeInferContext ctx(&Ort::GetApi(), raw);
+        return Kernel::InferOutputShape(ctx).release();
+      } catch (const std::exception& e) {
+        return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (std::string(Kernel::kName) + ": " + e.what()).c_str());
+      }
+    };
+  }
+
   const char* GetName() const { return Kernel::kName; }
   size_t GetInputTypeCount() const { return Kernel::kInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return Kernel::InputType(i); }

@@ -14,16 +14,20 @@ namespace {
 // Sparse channel block: the W rows one (channel block, kernel row) needs,
 // kw*cb rows of the lanes of one sparse pass, take about 48 KiB (measured on
 // the ResNet-18 shapes: larger blocks mean fewer, longer list runs, which
-// matters more than keeping every row in L1). ONNXCOMPRESS_FALCON_CB
-// overrides (tuning only).
-int64_t SparseChannelBlock(const falcon::Kernels& k, int64_t cg, int64_t kw, int64_t mblocks) {
+// matters more than keeping every row in L1). `forced` > 0 (from
+// ONNXCOMPRESS_FALCON_CB, read at kernel creation; tuning only) overrides.
+int64_t SparseChannelBlock(const falcon::Kernels& k, int64_t cg, int64_t kw, int64_t mblocks, int64_t forced) {
   const int64_t lanes = int64_t{k.mb} * std::min<int64_t>(k.sparse_mblocks, mblocks);
-  int64_t cb = std::max<int64_t>(16, (48 * 1024) / (4 * lanes * kw));
-  if (const char* env = std::getenv("ONNXCOMPRESS_FALCON_CB")) {
-    const long v = std::strtol(env, nullptr, 10);
-    if (v >= 1 && v <= 65536) cb = v;
-  }
+  const int64_t cb = forced > 0 ? forced : std::max<int64_t>(16, (48 * 1024) / (4 * lanes * kw));
   return std::min(cg, cb);
+}
+
+// ONNXCOMPRESS_FALCON_CB when set to a value in [1, 65536], else 0.
+int64_t ForcedChannelBlock() {
+  const char* env = std::getenv("ONNXCOMPRESS_FALCON_CB");
+  if (env == nullptr) return 0;
+  const long v = std::strtol(env, nullptr, 10);
+  return v >= 1 && v <= 65536 ? v : 0;
 }
 
 }  // namespace
@@ -62,6 +66,7 @@ SparseInputConv::SparseInputConv(const Ort::ConstKernelInfo& info) {
   }
 
   kernels_ = SelectFalconKernels();
+  forced_cb_ = ForcedChannelBlock();
 
   // Pack W per group into [mblock][k = tap*Cg + c][MB lanes], lanes past the
   // group's output channels zero.
@@ -153,7 +158,7 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
   plan.Mg = g.out_per_group;
   plan.taps = g.taps();
   plan.out_plane = g.out_plane();
-  plan.cb = SparseChannelBlock(k, plan.Cg, g.kw, mblocks_);
+  plan.cb = SparseChannelBlock(k, plan.Cg, g.kw, mblocks_, forced_cb_);
   plan.ncb = CeilDiv(plan.Cg, plan.cb);
   plan.wpack = wpack_;
   plan.mblocks = mblocks_;

@@ -54,6 +54,7 @@ class SparseInputConv : public KernelBase<SparseInputConv> {
   bool has_bias_ = false;
   const falcon::Kernels* kernels_ = nullptr;
   int64_t mblocks_ = 0;                // packed W blocks per group
+  int64_t forced_cb_ = 0;              // ONNXCOMPRESS_FALCON_CB (read at creation), 0: automatic
   std::vector<float> wpack_storage_;
   const float* wpack_ = nullptr;       // 64-byte aligned view into wpack_storage_
   std::unique_ptr<OrtConv> fallback_;  // ORT's Conv, for oversized padded copies only

@@ -74,10 +74,13 @@ class LayerCapture:
 
     def node_io(self, node_name: str) -> tuple[str, str]:
         """(first input, first output) tensor names of the node called node_name."""
-        for node in self._graph.nodes:
-            if node.name == node_name:
-                return node.inputs[0].name, node.outputs[0].name
-        raise OnnxCompressError(f"no node named '{node_name}' in the model")
+        found = [node for node in self._graph.nodes if node.name == node_name] if node_name else []
+        if len(found) > 1:  # finding "the" node by name would pick one of them at random
+            raise OnnxCompressError(f"{len(found)} nodes are named '{node_name}'; layers are found by name, "
+                                    f"give the nodes unique names first (passes.NameNodes)")
+        if not found:
+            raise OnnxCompressError(f"no node named '{node_name}' in the model")
+        return found[0].inputs[0].name, found[0].outputs[0].name
 
     def probe(self, names: Iterable[str]) -> onnx.ModelProto:
         """A copy of the model whose outputs are the named (non-input) tensors, dead nodes removed."""

@@ -32,6 +32,10 @@ from ..calibration.solve import DEFAULT_RIDGE, kernel_basis_moments, ridge_lambd
 
 log = logging.getLogger("onnxcompress")
 
+# Defaults of the method (the pass and the command-line help read these).
+DEFAULT_BASES = 5
+DEFAULT_COEF_SPARSITY = 0.7
+
 __all__ = [
     "GroupMoments", "BasisFit", "kernel_basis", "choose_rank", "compose_weight", "basis_means",
     "magnitude_saliency", "second_order_saliency", "prune_mask", "refit_coefficients", "refit_bases",

@@ -6,14 +6,15 @@ from .eliminate_dead_code import EliminateDeadCode
 from .falcon import FalconRewrite
 from .fold_batchnorm import FoldBatchNorm
 from .fuse_activation import FuseActivation
+from .name_nodes import NameNodes
 
 
 def canonicalize() -> list[Pass]:
-    """What every technique relies on: weights as initializers, BatchNorm folded."""
-    return [ConstantsToInitializers(), FoldBatchNorm(), EliminateDeadCode()]
+    """What every technique relies on: unique node names, weights as initializers, BatchNorm folded."""
+    return [NameNodes(), ConstantsToInitializers(), FoldBatchNorm(), EliminateDeadCode()]
 
 
 __all__ = [
-    "ConstantsToInitializers", "EliminateDeadCode", "FalconRewrite", "FoldBatchNorm", "FuseActivation",
+    "ConstantsToInitializers", "EliminateDeadCode", "FalconRewrite", "FoldBatchNorm", "FuseActivation", "NameNodes",
     "Pass", "PassContext", "PassManager", "PassResult", "canonicalize",
 ]

@@ -22,6 +22,7 @@ BATCHNORM_FOLDED = "batchnorm-folded"
 ACTIVATIONS_FUSED = "activations-fused"
 NO_DEAD_CODE = "no-dead-code"
 CONV_REWRITTEN = "conv-rewritten"
+NODES_NAMED = "nodes-named-uniquely"  # layers are found by node name, across copies of the model
 
 
 @dataclass
@@ -90,9 +91,16 @@ def verify_model(model: onnx.ModelProto, stage: str) -> None:
 
 
 class PassManager:
-    """Runs passes in order; each one's requirements must be ensured earlier."""
+    """Runs passes in order; each one's requirements must be ensured earlier. A pipeline with a
+    pass that finds layers by name (requires NODES_NAMED) and no NameNodes gets one, first."""
 
     def __init__(self, passes: list[Pass], *, verify: bool = False, provided: frozenset[str] = frozenset()):
+        passes = list(passes)
+        if NODES_NAMED not in provided and any(NODES_NAMED in p.requires for p in passes) \
+                and not any(NODES_NAMED in p.ensures for p in passes):
+            from .name_nodes import NameNodes  # layers are found by name: name them first, always
+
+            passes.insert(0, NameNodes())
         established = set(provided)
         for p in passes:
             missing = p.requires - established

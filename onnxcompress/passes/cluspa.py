@@ -32,35 +32,18 @@ from ..calibration import LayerCapture, conv_attrs, conv_io_batches, conv_layer_
 from ..errors import OnnxCompressError
 from ..fitting import cluspa as fit
 from ..graph import to_graph, to_model, unique_name
+from ..inputs import merge_feeds
 from .base import (
-    BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult,
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
 )
 from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
+from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
 
 CRITERIA = ("second-order", "magnitude")
 ALLOCATIONS = ("global", "uniform")
-
-
-def _batched_feeds(feeds: list[dict[str, np.ndarray]], batch: int = 32) -> list[dict[str, np.ndarray]]:
-    """Concatenates consecutive feeds (along axis 0) into batches of about `batch` samples."""
-    out, pending, count = [], [], 0
-    for f in feeds:
-        pending.append(f)
-        count += next(iter(f.values())).shape[0] if f else 1
-        if count >= batch:
-            out.append(pending)
-            pending, count = [], 0
-    if pending:
-        out.append(pending)
-    merged = []
-    for group in out:
-        try:
-            merged.append({k: np.concatenate([g[k] for g in group]) for k in group[0]})
-        except ValueError:  # shapes differ: keep them apart
-            merged.extend(group)
-    return merged
 
 
 def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
@@ -73,7 +56,7 @@ def _set_initializer(model: onnx.ModelProto, name: str, value: np.ndarray) -> No
 
 class ClusteredSparseRewrite(Pass):
     name = "cluspa-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, clusters: int = 16, sparsity: float | None = None, weight_threshold: float | None = None,
@@ -205,6 +188,7 @@ class ClusteredSparseRewrite(Pass):
 
         shapes = inferred_shapes(model)
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         graph.toposort()
         layers = []
         excluded = chosen_layers(ctx, graph)
@@ -228,13 +212,10 @@ class ClusteredSparseRewrite(Pass):
                                bias_name=node.inputs[2].name if bias is not None else None))
         if not layers:
             return PassResult(model, False, "no eligible Conv")
-        names = [layer["name"] for layer in layers]
-        if len(set(names)) != len(names) or any(not n for n in names):
-            raise OnnxCompressError("cluspa needs unique, non-empty Conv node names (calibration finds layers by name)")
 
         feeds = ctx.options.get("calib_feeds")
         calibrated = bool(feeds) and not self.data_free
-        batched = _batched_feeds(list(feeds)) if feeds else []
+        batched = merge_feeds(list(feeds), model=model) if feeds else []
         self._n_batches = max(1, len(batched))
         # Weights shared between Conv nodes would be fitted twice: give each its own copy first.
         shared = {}

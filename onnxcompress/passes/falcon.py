@@ -21,13 +21,15 @@ from .. import DOMAIN
 from ..errors import OnnxCompressError
 from ..graph import is_omitted, nonnegative_source, to_graph, to_model
 from .conv_rewrite import CONV_ATTRS, chosen_layers, conv_constants, make_custom_conv
+from .name_nodes import require_unique_names
 from .base import (
-    BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult,
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
 )
 
 class FalconRewrite(Pass):
     name = "falcon-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, threshold: float = 0.0, dense_below_zero_fraction: float | None = None,
@@ -105,6 +107,7 @@ class FalconRewrite(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         candidates = []
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
             if excluded(node):

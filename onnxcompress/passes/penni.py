@@ -32,10 +32,13 @@ from ..errors import OnnxCompressError
 from ..fitting import allocation
 from ..fitting import penni as fit
 from ..graph import to_graph, to_model, unique_name
+from ..inputs import merge_feeds
 from .base import (
-    BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult,
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
 )
 from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
+from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
 
@@ -43,29 +46,18 @@ CRITERIA = ("second-order", "magnitude")
 _SPATIAL = ("auto_pad", "pads", "strides", "dilations")
 
 
-def _merge_feeds(feeds: list[dict[str, np.ndarray]], batch: int = 32) -> list[dict[str, np.ndarray]]:
-    """Consecutive feeds concatenated into batches of about `batch` samples (fewer ORT runs)."""
-    merged, pending, count = [], [], 0
-    for f in feeds:
-        pending.append(f)
-        count += next(iter(f.values())).shape[0] if f else 1
-        if count >= batch:
-            merged.append(pending)
-            pending, count = [], 0
-    if pending:
-        merged.append(pending)
-    out = []
-    for group in merged:
-        try:
-            out.append({k: np.concatenate([g[k] for g in group]) for k in group[0]})
-        except ValueError:  # inputs of different sizes: keep them apart
-            out.extend(group)
-    return out
+def _stored_values(m: int, cg: int, kh: int, kw: int, d: int) -> int:
+    """Values BasisConv stores for a layer (bias apart): d bases and the dense [M, Cg*d] coefficients."""
+    return d * kh * kw + m * cg * d
+
+
+def _largest_shrinking_d(m: int, cg: int, kh: int, kw: int) -> int:
+    return max([d for d in range(1, kh * kw + 1) if _stored_values(m, cg, kh, kw, d) < m * cg * kh * kw] or [0])
 
 
 class PenniRewrite(Pass):
     name = "penni-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, bases: int | None = None, energy: float | None = None, coef_sparsity: float | None = None,
@@ -93,9 +85,9 @@ class PenniRewrite(Pass):
             raise OnnxCompressError(f"--basis-iterations must be >= 0, got {basis_iterations}")
         if calib_rows < 1:
             raise OnnxCompressError(f"--calib-rows must be >= 1, got {calib_rows}")
-        self.bases = bases if (bases is not None or energy is not None) else 5
+        self.bases = bases if (bases is not None or energy is not None) else fit.DEFAULT_BASES
         self.energy = energy
-        self.sparsity = 0.7 if coef_sparsity is None else float(coef_sparsity)
+        self.sparsity = fit.DEFAULT_COEF_SPARSITY if coef_sparsity is None else float(coef_sparsity)
         self.mac_reduction = mac_reduction
         self.criterion = criterion
         self.basis_iterations = basis_iterations
@@ -119,9 +111,17 @@ class PenniRewrite(Pass):
             return None, "1x1 convolution: no spatial kernel to express in bases"
         group = int(node.attrs.get("group", 1))
         d = self.bases if self.bases is not None else kh * kw  # energy: at most kh*kw (checked after the fit)
+        if self.bases is not None and self.bases >= kh * kw and self.mac_reduction is None:
+            self._bases_too_many.add(f"{kh}x{kw}")
         d, sparsity = min(d, kh * kw), self.sparsity
         if self.mac_reduction is not None:  # the allocation may pick the cheapest setting
             d, sparsity = 1, fit.SPARSITY_GRID[-1]
+        if self.bases is not None and self.mac_reduction is None and not self.portable:
+            stored = _stored_values(m, cg, kh, kw, d)
+            if stored >= m * cg * kh * kw:
+                return None, (f"d={d} bases and the dense {m}x{cg * d} coefficients store {stored} values, the "
+                              f"kernels {m * cg * kh * kw}: the model would not shrink (give --bases < "
+                              f"{_largest_shrinking_d(m, cg, kh, kw) + 1})")
         # per output position: original M*Cg*K; basis form at least Cin*d*K + nnz
         after = group * cg * d * kh * kw + (1 - sparsity) * m * cg * d
         if self.bases is not None and after >= m * cg * kh * kw:
@@ -163,7 +163,7 @@ class PenniRewrite(Pass):
         names = {layer["name"] for layer in layers}
         fixed = sum(c.macs for c in infos.values() if c.name not in names)
         budget = (1.0 - self.mac_reduction) * total - fixed
-        ranks = list(range(1, (self.bases or 5) + 1))
+        ranks = list(range(1, (self.bases or fit.DEFAULT_BASES) + 1))
         errors, costs, options = [], [], []
         for layer in layers:
             m, cg, kh, kw = layer["weight"].shape
@@ -233,9 +233,11 @@ class PenniRewrite(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         feeds = ctx.options.get("calib_feeds") if not self.data_free else None
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         graph.toposort()
         layers, records = [], {}
         order = []
+        self._bases_too_many: set[str] = set()
         excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
             order.append(node.name)
@@ -249,10 +251,11 @@ class PenniRewrite(Pass):
                 layers.append(layer)
         if not layers:
             ctx.layers.extend(records[n] for n in order)
+            self._note_bases(ctx)
             return PassResult(model, False, "no eligible Conv")
 
         current = model
-        merged = _merge_feeds(feeds) if feeds else None
+        merged = merge_feeds(feeds, model=model) if feeds else None
         original = LayerCapture(reference_model(model, ctx)) if merged else None
         independent = LayerCapture(model) if merged and fits_independently(ctx) else None
         if self.mac_reduction is not None:
@@ -266,17 +269,36 @@ class PenniRewrite(Pass):
                 result, criterion = self._fit(layer, moments)
             else:
                 result, criterion = self._fit(layer)
+            details = self._details(layer, result, criterion, geometry, merged)
+            if not self.portable and details["bytes_after"] >= details["bytes_before"]:
+                records[layer["name"]] = LayerRecord(
+                    layer["name"], "Conv", "skipped",
+                    f"the fit (d={result.rank}) stores {details['bytes_after']} bytes, the layer "
+                    f"{details['bytes_before']}: left alone, the model would not shrink", details)
+                continue
             current, op = self._apply(current, layer["name"], result)
-            records[layer["name"]] = LayerRecord(layer["name"], op, "rewritten",
-                                                 details=self._details(layer, result, criterion, geometry, merged))
+            records[layer["name"]] = LayerRecord(layer["name"], op, "rewritten", details=details)
             log.info("penni %s: d=%d sparsity=%.3f%s", layer["name"], result.rank, result.sparsity,
                      f" cosine={result.stats['output_cosine']:.4f}" if "output_cosine" in result.stats else "")
         ctx.layers.extend(records[n] for n in order)
+        rewritten = sum(r.status == "rewritten" for r in records.values())
+        self._note_bases(ctx)
+        if not rewritten:
+            ctx.notes.append("penni: no layer rewritten")
+            return PassResult(model, False, "no layer would shrink")
         what = "portable Conv pairs" if self.portable else "BasisConv"
         ctx.notes.append(
-            f"penni: {len(layers)} Conv -> {what}; "
+            f"penni: {rewritten} Conv -> {what}; "
             + ("calibrated (sequential refit)" if merged else "data-free (magnitude pruning, no refit)"))
-        return PassResult(current, True, f"{len(layers)} Conv -> {what}")
+        return PassResult(current, True, f"{rewritten} Conv -> {what}")
+
+    def _note_bases(self, ctx: PassContext) -> None:
+        big = sorted(self._bases_too_many)
+        if big:
+            ctx.notes.append(f"penni: --bases {self.bases} is not below the kernel size of the {', '.join(big)} "
+                             f"layers (a kh x kw kernel has at most kh*kw bases, and that many store more values "
+                             f"than the kernels): give a smaller --bases")
+            log.warning("warning: %s", ctx.notes[-1])
 
     def _details(self, layer, result: fit.BasisFit, criterion, geometry, calibrated) -> dict[str, Any]:
         w = layer["weight"]

@@ -44,8 +44,12 @@ from ..calibration.moments import RowSampler
 from ..errors import OnnxCompressError
 from ..fitting import tabconv as tc
 from ..graph import constant_value, is_omitted, to_graph, to_model
-from .base import BATCHNORM_FOLDED, CONV_REWRITTEN, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext, PassResult
+from .base import (
+    BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
+    PassResult,
+)
 from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
+from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
 
@@ -256,7 +260,7 @@ class _Candidate:
 
 class TabConvRewrite(Pass):
     name = "tabconv-rewrite"
-    requires = frozenset({WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
+    requires = frozenset({NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, BATCHNORM_FOLDED})
     ensures = frozenset({CONV_REWRITTEN})
 
     def __init__(self, codebooks: int | None = None, subspace: int = 9, prototypes: int = 16, encoder: str = "tree",
@@ -437,6 +441,7 @@ class TabConvRewrite(Pass):
         if not feeds:
             raise OnnxCompressError("--method tabconv fits tables to data: give calibration inputs (--calib)")
         graph = to_graph(model)
+        require_unique_names(graph.nodes, self.name)
         graph.toposort()
         records: dict[str, LayerRecord] = {}
         cands: dict[str, _Candidate] = {}
