@@ -318,3 +318,14 @@ def test_compare_per_layer_finds_where_a_model_diverges(tmp_path):
     before = [rows[n]["cosine"] for n in convs[:3]]
     assert all(c > 0.99999 for c in before)       # upstream of the approximated layer: identical
     assert rows[convs[3]]["cosine"] < 0.9999 and rows[convs[3]]["op_b"].endswith("ClusteredSparseConv")
+
+
+def test_auto_on_a_model_without_node_names():
+    model = modelgen.small_resnet()
+    for node in model.graph.node:
+        node.name = ""
+    result = plan_model(model, _feeds(model, 16), min_cosine=0.9, candidates=candidate_list("falcon"),
+                        timer=FakeTimer(), report_threads=(1,))
+    names = [n.name for n in result.model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert 1 <= len(_ours(result.model)) <= 2 and result.summary["meets_budget"]
