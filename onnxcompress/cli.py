@@ -109,7 +109,11 @@ def _method_options(command):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
 @click.option("--method", type=click.Choice(sorted(METHODS)),
-              default="falcon", show_default=True, help="The technique (see README).")
+              default="auto", show_default=True,
+              help="The technique (see README). auto (needs --calib) plans every Conv across the techniques: the "
+                   "fastest model, as measured, within a budget measured on calibration inputs held out of the "
+                   "fit: by default top-1 agreement >= 0.99 with the original for score outputs, output cosine "
+                   ">= 0.99 for others (--max-drop, --min-agreement, --min-cosine).")
 @click.option("--calib", help="Calibration inputs: an .npz, a folder of images, a dataset name "
               f"({', '.join(DATASETS)}) or 'photos'. A seeded, shuffled sample is taken, "
               "class-balanced where labels exist.")
@@ -122,12 +126,19 @@ def _method_options(command):
               "(default ImageNet's 0.229,0.224,0.225).")
 @click.option("--verify", is_flag=True, help="Check the model with onnx.checker and ONNX Runtime after every pass.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="--method auto: also fit every single setting on every layer and write its validation "
+                   "metric against its speedup, and the plan's, as a PNG (needs matplotlib; costs one more fit "
+                   "per setting).")
 @_method_options
-def optimize(model, output, method, calib, calib_limit, calib_seed, mean, std, verify, report_path, **options):
+def optimize(model, output, method, calib, calib_limit, calib_seed, mean, std, verify, report_path, plot_path,
+             **options):
     """Rewrite MODEL's Conv nodes and write the result to OUTPUT.
 
     \b
     Which method when:
+      auto     (the default, needs --calib) plans every Conv across the others:
+               the fastest model, as measured, within the budget
       falcon   exact; for Conv layers fed by ReLU with many zero activations
                (measured per layer; leaves the model alone where it does not pay)
       cluspa   approximate; fewer distinct weights, many of them zero: smaller
@@ -154,11 +165,21 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, mean, std, v
         click.echo(f"calibration: {what}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)  # printed from the report below
-        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, **options)
+        progress = (lambda line: click.echo(line, err=True)) if method == "auto" else None
+        out, report = run_optimize(proto, method, verify=verify, calib_feeds=feeds, progress=progress,
+                                   settings=bool(plot_path), **options)
     for w in report.warnings:
         click.echo(f"warning: {w}", err=True)
     save_model(out, output, input_path=model, external_data=True if has_external_data(model) else None)
-    _print_report(report)
+    if report.plan is not None:
+        from .plan.report import plot_plan, print_plan
+
+        print_plan(report, click.echo)
+        if plot_path:
+            written = plot_plan(report.plan, plot_path)
+            click.echo(f"wrote {plot_path}" if written else f"note: {plot_path} not written ({written.reason})")
+    else:
+        _print_report(report)
     if report_path:
         Path(report_path).write_text(json.dumps(report.as_dict(), indent=2))
     click.echo(f"wrote {output}")
@@ -259,22 +280,34 @@ def _example_shape(model) -> str:
 @click.option("--min-cosine", type=float, help="Exit with status 1 when any output's cosine is below this.")
 @click.option("--min-agreement", type=float, help="Exit with status 1 when any score output's top-1 agreement is "
               "below this (or no output has one).")
+@click.option("--per-layer", is_flag=True, help="Compare each Conv's output (matched by its output tensor's name, "
+              "or by node name where B fused the activation) instead of the model outputs: where does B diverge?")
 @click.option("--json", "as_json", is_flag=True)
-def compare(model_a, model_b, data, dataset, random, limit, batch, seed, threads, min_cosine, min_agreement, as_json):
+def compare(model_a, model_b, data, dataset, random, limit, batch, seed, threads, min_cosine, min_agreement, per_layer,
+            as_json):
     """Run MODEL_A and MODEL_B on the same inputs and compare their outputs.
 
     Top-1 agreement is given for outputs that look like class scores: 2-D [N, C]
     float outputs with C >= 2 whose name does not suggest a regression (box,
     bbox, landmark, offset, coordinate...); '-' elsewhere.
     """
-    from .evaluation import compare_models
+    from .evaluation import compare_layers, compare_models
 
     proto = _load(model_a)
-    _load(model_b)
+    proto_b = _load(model_b)
     if (data or dataset) is None and batch is not None:
         raise OnnxCompressError("--batch applies to --data/--dataset")
     per_run = (64 if batch is None else batch) if (dataset or data) else 1
     feeds = _feeds(proto, data, random, seed, limit, dataset, batch=per_run)
+    if per_layer:
+        layers = compare_layers(proto, proto_b, feeds, threads)
+        if as_json:
+            click.echo(json.dumps([asdict(r) for r in layers], indent=2))
+            return
+        click.echo(format_table(["layer", "op in A", "op in B", "tensor", "cosine", "max abs err", "note"],
+                                [[r.layer, r.op_a, r.op_b, r.tensor, r.cosine, r.max_abs_error, r.note]
+                                 for r in layers]))
+        return
     results = compare_models(model_a, model_b, feeds, threads)
     failed = []
     for r in results:

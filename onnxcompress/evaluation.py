@@ -171,3 +171,85 @@ def evaluate_accuracy(model, x: np.ndarray, y: np.ndarray, batch: int = 64, thre
         correct1 += int(np.sum(order[:, 0] == labels))
         correct5 += int(np.sum(np.any(order[:, :5] == labels[:, None], axis=1)))
     return Accuracy(len(x), correct1 / len(x), correct5 / len(x) if classes and classes > 5 else None)
+
+
+@dataclass
+class LayerAgreement:
+    layer: str
+    op_a: str
+    op_b: str
+    tensor: str
+    cosine: float | None
+    max_abs_error: float | None
+    note: str = ""
+
+
+def compare_layers(model_a: onnx.ModelProto, model_b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                   threads: int | None = 1) -> list[LayerAgreement]:
+    """Each Conv of `model_a` (and each op of ours) against the same layer of `model_b` on the same
+    inputs: the cosine and the largest difference of its output over all feeds. Layers are matched
+    by the output tensor's name; where `model_b` fused the following Relu/Clip into its node (so
+    the tensor is gone), by node name, comparing the activation's output in `model_a`. Both models
+    are canonicalised first (BatchNorm folded), as rewritten models are."""
+    from .calibration.capture import LayerCapture
+    from .graph import to_graph
+    from .passes import PassManager, canonicalize
+
+    # both canonicalised (BatchNorm folded into the Conv, as a rewritten model has it)
+    model_a = PassManager(canonicalize()).run(model_a)[0]
+    model_b = PassManager(canonicalize()).run(model_b)[0]
+    ga, gb = to_graph(model_a), to_graph(model_b)
+    ga.toposort()
+    tensors_b = {name for name, t in gb.tensors().items() if getattr(t, "inputs", None)}
+    nodes_b = {n.name: n for n in gb.nodes if n.name}
+    pairs, rows = [], []
+    for node in ga.nodes:
+        if not (node.op == "Conv" or (node.domain and "Conv" in node.op)):
+            continue
+        op_a = node.op if not node.domain else f"{node.domain}.{node.op}"
+        t = node.outputs[0].name
+        if t in tensors_b:
+            producer = next(iter(gb.tensors()[t].inputs))
+            op_b = producer.op if not producer.domain else f"{producer.domain}.{producer.op}"
+            pairs.append((node.name, op_a, op_b, t, t, ""))
+            continue
+        nb = nodes_b.get(node.name)
+        consumers = list(node.outputs[0].outputs)
+        if nb is not None and nb.attrs.get("activation") and len(consumers) == 1 and consumers[0].op in ("Relu", "Clip"):
+            pairs.append((node.name, op_a, f"{nb.domain}.{nb.op}", consumers[0].outputs[0].name, nb.outputs[0].name,
+                          f"after the {consumers[0].op} that B fused"))
+        else:
+            rows.append(LayerAgreement(node.name, op_a, "-", t, None, None, "no tensor or node of that name in B"))
+    if not pairs:
+        return rows
+    cap_a, cap_b = LayerCapture(model_a, threads), LayerCapture(model_b, threads)
+    names_a = [p[3] for p in pairs]
+    names_b = [p[4] for p in pairs]
+    dot = np.zeros(len(pairs))
+    na = np.zeros(len(pairs))
+    nb_ = np.zeros(len(pairs))
+    worst = np.zeros(len(pairs))
+    shapes: dict[int, str] = {}
+    for feed in feeds:
+        va, vb = cap_a.run(feed, names_a), cap_b.run(feed, names_b)
+        for i, (ta, tb) in enumerate(zip(names_a, names_b)):
+            a, b = va[ta].astype(np.float64).ravel(), vb[tb].astype(np.float64).ravel()
+            if va[ta].shape != vb[tb].shape:
+                dot[i] = np.nan
+                shapes[i] = (f"shapes differ: {list(va[ta].shape)} in A, {list(vb[tb].shape)} in B (B may have "
+                             "removed channels nobody reads)")
+                continue
+            dot[i] += a @ b
+            na[i] += a @ a
+            nb_[i] += b @ b
+            worst[i] = max(worst[i], float(np.max(np.abs(a - b))) if a.size else 0.0)
+    out = []
+    for i, (layer, op_a, op_b, ta, tb, note) in enumerate(pairs):
+        if np.isnan(dot[i]):
+            out.append(LayerAgreement(layer, op_a, op_b, ta, None, None, shapes.get(i, "shapes differ")))
+            continue
+        den = np.sqrt(na[i] * nb_[i])
+        cos = 1.0 if den == 0 and na[i] == nb_[i] else float(dot[i] / den) if den > 0 else 0.0
+        out.append(LayerAgreement(layer, op_a, op_b, ta, cos, float(worst[i]), note))
+    order = {n.name: i for i, n in enumerate(ga.nodes)}
+    return sorted(out + rows, key=lambda r: order.get(r.layer, 0))

@@ -421,3 +421,32 @@ def image_inputs(model: onnx.ModelProto, spec: str, limit: int, mean=None, std=N
     else:
         log.warning("note: %s", text)
     return (np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x), sample
+
+
+def labelled_arrays(model: onnx.ModelProto, spec: str, limit: int | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of labelled data: a dataset name (see DATASETS) or an .npz holding one input array
+    and labels under 'y', 'labels' or 'label'; a seeded class-balanced sample of `limit`."""
+    if spec in DATASETS:
+        return dataset_arrays(spec, limit, seed, model)
+    path = Path(spec)
+    if not path.is_file():
+        raise OnnxCompressError(f"{spec}: neither a dataset name ({', '.join(DATASETS)}) nor a labelled .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels = next((k for k in LABEL_KEYS if k in npz.files), None)
+            data = [k for k in npz.files if k != labels]
+            if labels is None or len(data) != 1:
+                raise OnnxCompressError(f"{spec}: needs one input array and labels under 'y' or 'labels' "
+                                        f"(found {npz.files})")
+            x, y = npz[data[0]].astype(np.float32), npz[labels].astype(np.int64).reshape(-1)
+    except OnnxCompressError:
+        raise
+    except Exception as exc:
+        raise OnnxCompressError(f"{spec}: not a readable .npz file ({exc})") from None
+    if len(x) != len(y) or len(x) == 0:
+        raise OnnxCompressError(f"{spec}: {len(x)} inputs and {len(y)} labels")
+    if limit is not None and limit < len(x):
+        rows = sample_indices(len(x), limit, y, seed)
+        x, y = x[rows], y[rows]
+    return x, y

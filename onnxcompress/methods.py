@@ -75,6 +75,13 @@ DATA_FREE = Option("data_free", bool, False, "cluspa/penni: ignore calibration d
 CALIB_ROWS = Option("calib_rows", int, 50000, "calibration rows (output positions) per layer at most")
 SEED = Option("seed", int, 0, "seed of the calibration subsampling (results are deterministic per seed)")
 
+# Shared by tabconv (its priority masking) and auto (the budget): one flag, one meaning.
+MIN_COSINE = Option("min_cosine", float, None, "auto: the budget as the model output's mean cosine to the "
+                    "original on the validation inputs (default for outputs that are not score vectors: 0.99); "
+                    "tabconv: keep the most harmful layers exact until the output cosine on the calibration data "
+                    "reaches this")
+THREADS = Option("threads", int, 1, "falcon/auto: intra-op threads used when timing layers and models")
+
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -90,7 +97,7 @@ METHODS: dict[str, Method] = {
                        "falcon: 'measured' keeps a rewrite only where it times faster than ORT's Conv on a real "
                        "calibration input; 'all' rewrites every ReLU-fed Conv", choices=("measured", "all")),
                 Option("min_speedup", float, 1.05, "falcon: with --select measured, the speedup a layer must show"),
-                Option("threads", int, 1, "intra-op threads used when timing layers"),
+                THREADS,
             ),
         ),
         Method(
@@ -161,8 +168,7 @@ METHODS["tabconv"] = Method(
         Option("table_bits", int, 8, "tabconv: 8 (uint8 tables, one scale per layer) or 32 (fp32 tables)"),
         Option("keep_exact", float, None, "tabconv: fraction of the candidate layers kept exact, the most harmful "
                "first (priority masking)"),
-        Option("min_cosine", float, None, "tabconv: keep the most harmful layers exact until the model output's "
-               "cosine to the exact model on the calibration data reaches this"),
+        MIN_COSINE,
         Option("mask_unit", str, "layer", "tabconv: what priority masking measures and keeps exact: single layers "
                "or whole residual blocks (the Conv layers between an Add and the point its two inputs branch from)",
                choices=("layer", "block")),
@@ -176,10 +182,40 @@ METHODS["tabconv"] = Method(
     needs_calibration=True,
 )
 
+def _auto(opts: dict[str, Any]) -> list[Pass]:
+    raise OnnxCompressError("--method auto plans per layer (onnxcompress.plan), it has no fixed pipeline")
+
+
+METHODS["auto"] = Method(
+    "auto", "plans every Conv across the techniques: the fastest model (measured) within a budget measured on "
+            "validation inputs held out of the calibration data",
+    _auto,
+    options=(
+        Option("max_drop", float, None, "auto: the budget as top-1 points lost on the labelled --eval data"),
+        Option("min_agreement", float, None, "auto: the budget as top-1 agreement with the original on the "
+               "validation inputs (default for score-vector outputs: 0.99)"),
+        MIN_COSINE,
+        Option("eval", str, None, "auto: labelled evaluation data (.npz with labels, or a dataset name such as "
+               "mnist-test): its top-1 is reported, and --max-drop is measured on it"),
+        Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
+        Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
+               "(seeded by --calib-seed); the rest is what the techniques fit to"),
+        Option("candidates", str, None, "auto: comma-separated candidate kinds to weigh (default: every kind: "
+               "falcon, cluspa, penni, tabconv)"),
+        Option("timing_cache", str, None, "auto: the file caching in-model timings (default: "
+               "~/.cache/onnxcompress/layer_timings.json; 'off' for none)"),
+        THREADS,
+        SEED,
+    ),
+    needs_calibration=True,
+)
+
 # Options every method accepts.
 COMMON_OPTIONS = (
     Option("allow_dynamic_weights", bool, False, "leave Conv nodes with run-time weights alone instead of failing",
            is_flag=True),
+    Option("layers", str, None, "comma-separated names of the Conv nodes the method may rewrite (default: every "
+           "Conv; names as `onnxcompress inspect` shows them)"),
 )
 
 

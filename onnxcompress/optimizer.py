@@ -32,9 +32,14 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # what check_calibration found, when calibration data was given
 
+    plan: dict[str, Any] | None = None  # --method auto: budget, achieved, speedups, settings (onnxcompress.plan)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
-                "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
+        out = {"method": self.method, "totals": self.totals, "layers": self.layers, "passes": self.passes,
+               "notes": self.notes, "warnings": self.warnings, "calibration": self.calibration}
+        if self.plan is not None:
+            out["plan"] = self.plan
+        return out
 
 
 def check_finite_conv_weights(model: onnx.ModelProto) -> None:
@@ -75,13 +80,17 @@ def build_pipeline(method: str, options: dict[str, Any]) -> list:
 
 
 def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = False,
-             calib_feeds: list[dict[str, np.ndarray]] | None = None, **options) -> tuple[onnx.ModelProto, Report]:
+             calib_feeds: list[dict[str, np.ndarray]] | None = None, progress=None, settings: bool = False,
+             **options) -> tuple[onnx.ModelProto, Report]:
     """Rewrites `model` with `method`; returns the new model and its report.
 
     calib_feeds: calibration inputs; techniques that fit to data use them (and
     may require them), and the report measures on them what the technique
     depends on (for falcon: the real zero fraction at every Conv input).
     options: the method's options (onnxcompress.methods), None = default.
+    method "auto": plans every layer across the techniques (onnxcompress.plan); progress, a
+    callable taking one line, hears what it does; settings=True also fits and measures every single
+    setting on every layer (the points of the report's plot).
     """
     from .model_io import check_graph_structure
 
@@ -97,7 +106,6 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         for feed in calib_feeds:
             check_arrays(feed, model, "calibration input")
         calib_feeds = fit_to_model_batch(model, list(calib_feeds))  # a fixed batch dim (exports with batch 1)
-    manager = PassManager(build_pipeline(method, options), verify=verify)
     report = Report(method)
     # the layers as the pipeline will name them (its first pass, NameNodes, is deterministic)
     named = name_nodes(model)[0]
@@ -109,6 +117,9 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         report.warnings.extend(check.warnings)
         for w in check.warnings:
             warnings.warn(w, CalibrationWarning, stacklevel=2)
+    if method == "auto":
+        return _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings)
+    manager = PassManager(build_pipeline(method, options), verify=verify)
     before = analyse_convs(named)
     shape_note = None
     if calib_feeds and any(c.macs is None for c in before) and len(calib_feeds[0]) == 1:
@@ -155,6 +166,34 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         report.totals["conv_macs_on_nonzero_inputs"] = int(macs - skipped)
     report.notes += not_rewritten_notes(model)
     return out, report
+
+
+def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_points=False):
+    from .inputs import labelled_arrays
+    from .plan import plan_model
+    from .plan.timing import default_cache_path
+
+    eval_data = labelled_arrays(model, opts["eval"], opts["eval_limit"], seed=0) if opts["eval"] else None
+    cache = opts["timing_cache"]
+    cache = None if cache == "off" else (cache or str(default_cache_path()))
+    result = plan_model(model, calib_feeds, max_drop=opts["max_drop"], min_agreement=opts["min_agreement"],
+                        min_cosine=opts["min_cosine"], eval_data=eval_data, layers=opts["layers"],
+                        kinds=opts["candidates"], threads=opts["threads"], val_fraction=opts["val_fraction"],
+                        seed=opts["seed"], timing_cache=cache, progress=progress,
+                        settings_points=settings_points)
+    if verify:
+        from .passes.base import verify_model
+
+        verify_model(result.model, "auto")
+    report.layers = result.layers
+    report.notes.extend(result.notes)
+    report.plan = {**result.summary, "settings": result.settings}
+    s = result.summary
+    report.totals = {"conv_layers": s["conv_layers"], "rewritten": s["layers_replaced"],
+                     "skipped": s["conv_layers"] - s["layers_replaced"], "conv_macs": s["macs_before"],
+                     "conv_macs_after": s["macs_after"], "initializer_bytes_before": initializer_bytes(model),
+                     "initializer_bytes_after": initializer_bytes(result.model)}
+    return result.model, report
 
 
 # Convolution-like ops no method rewrites (only Conv is): said in the report, so

@@ -61,8 +61,8 @@ def test_optimize_compare_inspect_bench(small_model_path, tmp_path):
 def test_optimize_with_calibration_reports_zero_fractions(small_model_path, tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", input=x)
-    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "calib.npz",
-               "--report", tmp_path / "r.json", "--select", "all")
+    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--method", "falcon", "--calib",
+               tmp_path / "calib.npz", "--report", tmp_path / "r.json", "--select", "all")
     assert r.exit_code == 0, r.output
     layers = json.loads((tmp_path / "r.json").read_text())["layers"]
     fractions = [l["input_zero_fraction"] for l in layers if l["status"] == "rewritten"]
@@ -74,8 +74,8 @@ def test_optimize_with_calibration_reports_zero_fractions(small_model_path, tmp_
 def test_measured_selection_keeps_only_layers_that_pay(small_model_path, tmp_path, min_speedup):
     x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", input=x)
-    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "calib.npz",
-               "--report", tmp_path / "r.json", "--min-speedup", min_speedup)
+    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--method", "falcon", "--calib",
+               tmp_path / "calib.npz", "--report", tmp_path / "r.json", "--min-speedup", min_speedup)
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "r.json").read_text())
     timed = [l for l in report["layers"] if "measured_speedup" in l]
@@ -100,12 +100,12 @@ def test_measured_selection_keeps_only_layers_that_pay(small_model_path, tmp_pat
 
 
 def test_bad_option_value_is_refused(small_model_path, tmp_path):
-    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--select", "bogus")
+    r = invoke("optimize", small_model_path, "-o", tmp_path / "o.onnx", "--method", "falcon", "--select", "bogus")
     assert r.exit_code == 2
 
 
 def test_threshold_is_reported_as_approximate(small_model_path, tmp_path):
-    r = invoke("optimize", small_model_path, "-o", tmp_path / "t.onnx", "--threshold", "0.05")
+    r = invoke("optimize", small_model_path, "-o", tmp_path / "t.onnx", "--method", "falcon", "--threshold", "0.05")
     assert r.exit_code == 0 and "approximate" in r.output
 
 
@@ -133,7 +133,7 @@ def test_bad_input_gives_clear_error_and_no_output(case, small_model_path, tmp_p
     elif case == "no_dir":
         out = tmp_path / "no" / "such" / "dir.onnx"
     before = digest(src) if src.exists() else None
-    r = invoke("optimize", src, "-o", out, *args)
+    r = invoke("optimize", src, "-o", out, "--method", "falcon", *args)
     assert r.exit_code == 2, r.output
     assert r.output.startswith("error: ") and "Traceback" not in r.output
     if case != "same_path":

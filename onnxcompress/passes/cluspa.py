@@ -37,7 +37,7 @@ from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import conv_constants, make_custom_conv
+from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -115,7 +115,8 @@ class ClusteredSparseRewrite(Pass):
 
     def _fit_calibrated(self, model, layers, feeds, ctx) -> onnx.ModelProto:
         criterion = self.criterion or "second-order"
-        original = LayerCapture(model)
+        original = LayerCapture(reference_model(model, ctx))
+        independent = LayerCapture(model) if fits_independently(ctx) else None
         curves = []
         if self.sparsity is not None and self.allocation == "global" and len(layers) > 1:
             for layer in layers:
@@ -137,7 +138,7 @@ class ClusteredSparseRewrite(Pass):
         # with the fitted dense weights: same arithmetic as the op), target from the original.
         current = onnx.ModelProto.FromString(model.SerializeToString())
         for layer, s in zip(layers, allocation):
-            batches = conv_io_batches(original, layer["name"], feeds, current=LayerCapture(current))
+            batches = conv_io_batches(original, layer["name"], feeds, current=independent or LayerCapture(current))
             mom = self._moments(layer, batches)
             groups = [acc.centered() for acc in mom.groups]
             means = [(acc.mean_x, acc.mean_y) for acc in mom.groups]
@@ -190,7 +191,11 @@ class ClusteredSparseRewrite(Pass):
         require_unique_names(graph.nodes, self.name)
         graph.toposort()
         layers = []
+        excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
+            if excluded(node):
+                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", excluded(node)))
+                continue
             constants, reason = conv_constants(node, self.allow_dynamic)
             if reason:
                 ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", reason))
@@ -235,7 +240,7 @@ class ClusteredSparseRewrite(Pass):
                 for layer in layers:
                     _set_initializer(fitted_model, layer["weight_name"],
                                      layer["fit"].weight().reshape(layer["weight"].shape))
-            self._measure_cosines(model, fitted_model, layers, batched)
+            self._measure_cosines(reference_model(model, ctx), fitted_model, layers, batched)
 
         totals = {"macs_before": 0, "adds_after": 0, "mults_after": 0, "bytes_before": 0, "bytes_after": 0,
                   "weights": 0, "nonzero_weights": 0}

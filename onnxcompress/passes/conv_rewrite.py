@@ -50,3 +50,43 @@ def make_custom_conv(node: gs.Node, op: str, inputs: list, extra_attrs: dict) ->
     new = gs.Node(op=op, name=node.name, attrs=attrs, inputs=inputs, outputs=list(node.outputs), domain=DOMAIN)
     node.outputs.clear()
     return new
+
+
+# ---------------------------------------------------------------- shared options
+# Every rewriting pass honours three context options (PassContext.options), read here once:
+# - "layers": the Conv node names it may rewrite (a collection, or a comma-separated string;
+#   None: every Conv); the others are left alone with the reason "not among --layers";
+# - "reference_model": the model whose Conv outputs are the fitting targets (None: the pass's
+#   input model). The planner fits a mixed plan one group of layers at a time, each group on
+#   the inputs of the model as already compressed and against the original model's outputs;
+# - "independent": fit every layer on the input model's activations instead of sequentially
+#   on the model as compressed so far (each fit is then right for its layer replaced alone).
+
+LAYERS_EXCLUDED = "not among the layers chosen (--layers)"
+
+
+def chosen_layers(ctx, graph: gs.Graph):
+    """f(node) -> "" when the pass may rewrite `node`, else the reason it may not.
+
+    Names in ctx.options["layers"] that are no Conv node of the graph are an error."""
+    given = ctx.options.get("layers")
+    if given is None:
+        return lambda node: ""
+    names = {s.strip() for s in given.split(",")} if isinstance(given, str) else {str(s) for s in given}
+    names.discard("")
+    convs = {n.name for n in graph.nodes if n.op == "Conv" and not n.domain}
+    unknown = sorted(names - convs)
+    if unknown:
+        raise OnnxCompressError(f"--layers names {unknown[:5]}, which {'is' if len(unknown) == 1 else 'are'} no Conv "
+                                "node of the model (see onnxcompress inspect for the names)")
+    return lambda node: "" if node.name in names else LAYERS_EXCLUDED
+
+
+def reference_model(model, ctx):
+    """The model whose outputs the pass fits its layers to (ctx "reference_model", else `model`)."""
+    ref = ctx.options.get("reference_model")
+    return model if ref is None else ref
+
+
+def fits_independently(ctx) -> bool:
+    return bool(ctx.options.get("independent"))

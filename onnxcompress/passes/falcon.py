@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 from .. import DOMAIN
 from ..errors import OnnxCompressError
 from ..graph import is_omitted, nonnegative_source, to_graph, to_model
-from .conv_rewrite import CONV_ATTRS, conv_constants, make_custom_conv
+from .conv_rewrite import CONV_ATTRS, chosen_layers, conv_constants, make_custom_conv
 from .name_nodes import require_unique_names
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
@@ -108,7 +108,11 @@ class FalconRewrite(Pass):
         candidates = []
         graph = to_graph(model)
         require_unique_names(graph.nodes, self.name)
+        excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
+            if excluded(node):
+                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", excluded(node)))
+                continue
             constants, reason = conv_constants(node, self.allow_dynamic)
             source = nonnegative_source(node.inputs[0]) if constants else None
             if constants and source is None:

@@ -37,7 +37,7 @@ from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import conv_constants, make_custom_conv
+from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -238,8 +238,12 @@ class PenniRewrite(Pass):
         layers, records = [], {}
         order = []
         self._bases_too_many: set[str] = set()
+        excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
             order.append(node.name)
+            if excluded(node):
+                records[node.name] = LayerRecord(node.name, "Conv", "skipped", excluded(node))
+                continue
             layer, reason = self._eligible(node)
             if layer is None:
                 records[node.name] = LayerRecord(node.name, "Conv", "skipped", reason)
@@ -252,13 +256,15 @@ class PenniRewrite(Pass):
 
         current = model
         merged = merge_feeds(feeds, model=model) if feeds else None
-        original = LayerCapture(model) if merged else None
+        original = LayerCapture(reference_model(model, ctx)) if merged else None
+        independent = LayerCapture(model) if merged and fits_independently(ctx) else None
         if self.mac_reduction is not None:
             self._allocate(model, layers, original, merged, ctx)
         for layer in layers:
             geometry = None
             if merged:
-                batches = conv_io_batches(original, layer["name"], merged, current=LayerCapture(current))
+                batches = conv_io_batches(original, layer["name"], merged,
+                                          current=independent or LayerCapture(current))
                 moments, geometry = self._layer_moments(layer, batches, len(merged))
                 result, criterion = self._fit(layer, moments)
             else:

@@ -48,7 +48,7 @@ from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import conv_constants, make_custom_conv
+from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -344,15 +344,16 @@ class TabConvRewrite(Pass):
         return fits
 
     def _fit_sequential(self, model: onnx.ModelProto, names: list[str], cands: dict[str, _Candidate], feeds,
-                        sequential: bool = True) -> dict[str, list]:
-        """Fits of the named layers in graph order. sequential: each layer's input is taken from the
-        model with the layers before it approximated; otherwise from the exact model (independent
-        fits, each right for the layer approximated alone)."""
-        original = LayerCapture(model)
+                        sequential: bool = True, reference: onnx.ModelProto | None = None) -> dict[str, list]:
+        """Fits of the named layers in graph order, to the outputs of `reference` (default: `model`).
+        sequential: each layer's input is taken from the model with the layers before it approximated;
+        otherwise from `model` (independent fits, each right for the layer approximated alone)."""
+        original = LayerCapture(model if reference is None else reference)
+        inputs = original if reference is None else LayerCapture(model)
         fits: dict[str, list] = {}
         current_model = model
         for i, name in enumerate(names):
-            current = LayerCapture(current_model) if sequential else original
+            current = LayerCapture(current_model) if sequential else inputs
             fits[name] = self._fit_layer(cands[name], original, current, feeds, i)
             log.info("tabconv: fitted %s (%d/%d), fit cosine %.4f, ridge %s", name, i + 1, len(names),
                      min(f.stats["fit_cosine"] for f in fits[name]), fits[name][0].stats["ridge"])
@@ -444,8 +445,13 @@ class TabConvRewrite(Pass):
         graph.toposort()
         records: dict[str, LayerRecord] = {}
         cands: dict[str, _Candidate] = {}
-        probe = LayerCapture(model)
+        reference_proto = reference_model(model, ctx)
+        probe = LayerCapture(reference_proto)
+        excluded = chosen_layers(ctx, graph)
         for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
+            if excluded(node):
+                records[node.name] = LayerRecord(node.name, "Conv", "skipped", excluded(node))
+                continue
             cand = self._conv_candidate(node, records)
             if cand is not None:
                 cands[cand.name] = cand
@@ -472,7 +478,8 @@ class TabConvRewrite(Pass):
         # With masking, the first fits are independent (each on the exact model's input), so that
         # each one is right for its layer approximated alone and subsets of them are consistent;
         # the chosen set is then refitted sequentially. Without masking: one sequential fit.
-        fits = self._fit_sequential(model, candidates, cands, feeds, sequential=not masking)
+        fits = self._fit_sequential(model, candidates, cands, feeds,
+                                    sequential=not masking and not fits_independently(ctx), reference=reference_proto)
 
         # Priority: the model's output cosine with each unit (layer or block) approximated alone.
         units = self._units(graph, candidates)
@@ -502,7 +509,7 @@ class TabConvRewrite(Pass):
         first_fits = dict(fits)
         if masking and chosen and self.refit:
             for _attempt in range(4):
-                fits = {**first_fits, **self._fit_sequential(model, chosen, cands, feeds)}
+                fits = {**first_fits, **self._fit_sequential(model, chosen, cands, feeds, reference=reference_proto)}
                 final_cos = self._cosine_with(model, fits, chosen, feeds, out_name, reference)
                 if self.min_cosine is None or final_cos >= self.min_cosine or not chosen:
                     break
@@ -524,7 +531,7 @@ class TabConvRewrite(Pass):
         # Per layer: the approximated layer's output against the exact model's, on the calibration data.
         layer_cos = {}
         if chosen:
-            exact_cap, approx_cap = LayerCapture(model), LayerCapture(out)
+            exact_cap, approx_cap = LayerCapture(reference_proto), LayerCapture(out)
             names_exact = [exact_cap.node_io(n)[1] for n in chosen]
             names_approx = [approx_cap.node_io(n)[1] for n in chosen]
             acc = {n: [0.0, 0.0, 0.0] for n in chosen}

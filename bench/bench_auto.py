@@ -1,0 +1,148 @@
+"""--method auto against the best single-method setting at the same budget.
+
+For each model: a seeded class-balanced calibration sample of mnist-train, and one
+seeded class-balanced sample of mnist-test split into a selection part (what
+auto's --max-drop is measured on, and what picks the best single setting) and a
+disjoint test part (reported, never used to choose). Every single-method setting
+of the planner's ladder is run as `optimize --method M` would run it (sequential
+fit on all the calibration inputs); auto runs as the command line does, in a
+child process, so that its planning time and peak RSS are its own. Speedups are
+whole-model medians, interleaved, batch 1, at 1 and 2 threads.
+
+    python bench/bench_auto.py                       # digits_cnn and resnet18_mnist
+    python bench/bench_auto.py models/digits_cnn.onnx --max-drop 0.5 --candidates falcon,penni
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
+from onnxcompress.inputs import dataset_arrays  # noqa: E402
+from onnxcompress.model_io import load_model, prepare_for_runtime, save_model  # noqa: E402
+from onnxcompress.optimizer import optimize  # noqa: E402
+from onnxcompress.plan.candidates import KINDS, candidate_list  # noqa: E402
+from onnxcompress.table import format_table  # noqa: E402
+from _modelbench import machine_summary  # noqa: E402
+
+
+def top1(path, x, y) -> float:
+    return evaluate_accuracy(str(path), x, y, batch=64, threads=2).top1
+
+
+def speedups(original, candidate, x1, runs) -> dict:
+    out = {}
+    for t in (1, 2):
+        lat = bench_models([str(original), str(candidate)], {"input": x1}, t, runs=runs, warmup=5)
+        out[t] = lat[1].ratio_to_first
+    return out
+
+
+def run_auto(model_path, out_path, report_path, calib_npz, eval_npz, args) -> dict:
+    cmd = [sys.executable, "-m", "onnxcompress.cli", "optimize", str(model_path), "-o", str(out_path),
+           "--method", "auto", "--calib", str(calib_npz), "--calib-limit", str(args.calib),
+           "--eval", str(eval_npz), "--eval-limit", str(args.eval), "--max-drop", str(args.max_drop),
+           "--report", str(report_path), "--timing-cache", args.timing_cache]
+    if args.candidates:
+        cmd += ["--candidates", args.candidates]
+    start = time.perf_counter()
+    log = Path(report_path).with_suffix(".log")
+    with open(log, "w") as fh:  # progress lines (stderr) and the report (stdout), as they come
+        proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=fh, stderr=fh)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"auto failed on {model_path}:\n{log.read_text()[-3000:]}")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: this one
+    return {"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "report": json.loads(Path(report_path).read_text())}
+
+
+def bench_model(path: Path, args, work: Path) -> list[list]:
+    model = load_model(path)
+    xc, yc = dataset_arrays("mnist-train", args.calib, seed=0, model=model)
+    xs, ys = dataset_arrays("mnist-test", args.eval + args.test, seed=0, model=model)
+    xe, ye, xt, yt = xs[:args.eval], ys[:args.eval], xs[args.eval:], ys[args.eval:]
+    calib_npz, eval_npz = work / "calib.npz", work / "eval.npz"
+    np.savez(calib_npz, input=xc, y=yc)
+    np.savez(eval_npz, input=xe, y=ye)
+    x1 = xt[:1]
+    base_e, base_t = top1(path, xe, ye), top1(path, xt, yt)
+    rows = [[path.name, "original", f"{100 * base_e:.2f}", f"{100 * base_t:.2f}", "1", "1", "", "", ""]]
+    print(f"{path.name}: original top-1 {100 * base_e:.2f} (selection, {len(xe)}) / {100 * base_t:.2f} "
+          f"(test, {len(xt)})", flush=True)
+
+    auto_out, auto_rep = work / f"{path.stem}.auto.onnx", work / f"{path.stem}.auto.json"
+    auto = run_auto(path, auto_out, auto_rep, calib_npz, eval_npz, args)
+    plan = auto["report"]["plan"]
+    sp = speedups(path, auto_out, x1, args.runs)
+    a_e, a_t = top1(auto_out, xe, ye), top1(auto_out, xt, yt)
+    auto_row = [path.name, f"auto ({plan['layers_replaced']}/{plan['conv_layers']} layers)", f"{100 * a_e:.2f}",
+                f"{100 * a_t:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}", "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9
+                else "no", f"{auto['seconds']:.0f}", f"{auto['peak_rss_mb']:.0f}"]
+    print(f"  auto: planned in {auto['seconds']:.0f} s, peak RSS {auto['peak_rss_mb']:.0f} MB; "
+          f"speedup {sp[1]:.3f}x / {sp[2]:.3f}x", flush=True)
+
+    calib_feeds = [{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)]
+    best = None
+    for c in candidate_list(args.candidates):
+        start = time.perf_counter()
+        out, _ = optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)
+        seconds = time.perf_counter() - start
+        p = work / f"{path.stem}.{c.label.replace(' ', '_').replace('/', '-')}.onnx"
+        save_model(prepare_for_runtime(out), str(p))
+        s_e, s_t = top1(p, xe, ye), top1(p, xt, yt)
+        meets = base_e - s_e <= args.max_drop / 100 + 1e-9
+        sp_c = speedups(path, p, x1, args.runs)
+        rows.append([path.name, c.label, f"{100 * s_e:.2f}", f"{100 * s_t:.2f}", f"{sp_c[1]:.3f}", f"{sp_c[2]:.3f}",
+                     "yes" if meets else "no", f"{seconds:.0f}", ""])
+        print(f"  {c.label}: {100 * s_e:.2f} / {100 * s_t:.2f}, {sp_c[1]:.3f}x / {sp_c[2]:.3f}x", flush=True)
+        if meets and (best is None or sp_c[1] > best[1]):
+            best = (c.label, sp_c[1])
+    rows.append(auto_row)
+    verdict = (f"best single setting within {args.max_drop} points: {best[0]} at {best[1]:.3f}x (1 thread); auto "
+               f"{sp[1]:.3f}x" if best else f"no single setting within {args.max_drop} points; auto {sp[1]:.3f}x")
+    rows.append([path.name, verdict, "", "", "", "", "", "", ""])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", default=[str(REPO / "models/digits_cnn.onnx"),
+                                                 str(REPO / "models/resnet18_mnist.onnx")])
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--eval", type=int, default=1000, help="mnist-test digits auto and the best setting select on")
+    ap.add_argument("--test", type=int, default=1000, help="further mnist-test digits, reported only")
+    ap.add_argument("--max-drop", type=float, default=0.5)
+    ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(KINDS)})")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--timing-cache", default=str(Path(tempfile.gettempdir()) / "onnxcompress_bench_timings.json"))
+    ap.add_argument("--out", default=None, help="folder for the models and reports (default: a temporary one)")
+    args = ap.parse_args()
+    print(machine_summary(), flush=True)
+    print(f"os.getloadavg() at start: {os.getloadavg()}", flush=True)
+    work = Path(args.out or tempfile.mkdtemp(prefix="bench_auto_"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for m in args.models:
+        rows += bench_model(Path(m), args, work)
+    print(f"os.getloadavg() at end: {os.getloadavg()}")
+    print(format_table(["model", "setting", "top-1 sel. %", "top-1 test %", "speedup 1T", "speedup 2T",
+                        f"within {args.max_drop} pt (sel.)", "time s", "peak RSS MB"], rows))
+    print(f"(auto's time and RSS: the whole `optimize --method auto` process; single settings: fit time; "
+          f"models and reports in {work})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""`--method auto`: the fastest model within a budget, planned per layer and proved on held-out data.
+
+1. Canonicalise; split the calibration inputs (seeded) into fitting and validation parts.
+2. Fit every candidate setting on the whole model once, every layer independently (on the
+   original's activations, fitting part only), and take each layer's replacement out of it.
+3. Per layer and candidate: the model with only that replacement, timed against the
+   original (interleaved medians, cached on disk) and, where it saves time, measured on the
+   validation part (relative output error, cosine, top-1 agreement).
+4. The Lagrangian path over the measured (error, saved) points (plan/select.py); the longest
+   prefix whose spliced model meets the budget on the validation part (and --eval).
+5. The chosen plan fitted sequentially (each layer on the inputs of the model as already
+   compressed, against the original's outputs); if it misses the budget, the most damaging
+   layers (by their error alone) are given back to their original form until it holds; the
+   plan with the larger measured saving of this and the spliced one is kept.
+6. The guarantee on the written model itself (activations fused): it meets the budget on the
+   validation part and is not slower than the original at the planning thread count; layers
+   are given back until both hold, and where none is left the canonicalised original is
+   written and the report says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxCompressError
+from .budget import DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget, split_feeds
+from .candidates import KINDS, Candidate, LayerResult, candidate_list
+from .select import Measured, back_off, guarantee, lagrangian_path, longest_passing
+from .splice import Replacement, replacement_of, revert, splice
+from .timing import ModelTimer, TimingCache
+
+log = logging.getLogger("onnxcompress")
+
+MIN_SAVED_FRACTION = 0.01   # a candidate must save at least this share of the model's time
+WHOLE_SETTINGS_TRIED = 2    # the settings saving most as a whole that are also tried on every layer
+
+
+@dataclass
+class PlanResult:
+    model: onnx.ModelProto
+    summary: dict[str, Any]
+    layers: list[dict[str, Any]]
+    settings: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _provided():
+    from ..passes import canonicalize
+
+    out = set()
+    for p in canonicalize():
+        out |= p.ensures
+    return frozenset(out)
+
+
+def _canonical(model: onnx.ModelProto) -> onnx.ModelProto:
+    from ..passes import PassManager, canonicalize
+
+    out, _ = PassManager(canonicalize()).run(model)
+    return out
+
+
+def _finish(model: onnx.ModelProto, finishing: list) -> onnx.ModelProto:
+    """The plan's finishing passes (e.g. dead-channel removal), activation fusion, dead code."""
+    from ..passes import EliminateDeadCode, FuseActivation, PassContext, PassManager
+    from ..passes.base import CONV_REWRITTEN
+
+    passes = list(finishing) + [FuseActivation(), EliminateDeadCode()]
+    out, _ = PassManager(passes, provided=_provided() | {CONV_REWRITTEN}).run(model, PassContext())
+    return out
+
+
+def _conv_order(model: onnx.ModelProto) -> list[str]:
+    from ..calibration.capture import conv_names
+
+    return conv_names(model)
+
+
+def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]], *,
+               max_drop: float | None = None, min_agreement: float | None = None, min_cosine: float | None = None,
+               eval_data: tuple[np.ndarray, np.ndarray] | None = None, layers=None, kinds=None,
+               candidates: list[Candidate] | None = None, threads: int = 1,
+               val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, timing_cache: str | None = None,
+               timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
+               report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False,
+               progress: Callable[[str], None] | None = None) -> PlanResult:
+    """Plans, fits and proves the fastest model within the budget; see the module docstring.
+
+    timer: injected timer (tests); otherwise a ModelTimer on one validation input at `threads`,
+    caching in `timing_cache` (a path, or None for no cache file)."""
+    say = progress or (lambda s: log.info("%s", s))
+    start = time.perf_counter()
+    notes: list[str] = []
+    canon = _canonical(model)
+    provided = _provided()
+    order = _conv_order(canon)
+    if len(set(order)) != len(order) or any(not n for n in order):
+        raise OnnxCompressError("--method auto finds layers by name: the Conv nodes need unique, non-empty names")
+    if layers is not None:
+        wanted = {s.strip() for s in layers.split(",")} if isinstance(layers, str) else set(layers)
+        wanted.discard("")
+        unknown = sorted(wanted - set(order))
+        if unknown:
+            raise OnnxCompressError(f"--layers names {unknown[:5]}, which are no Conv nodes of the model")
+        targets = [n for n in order if n in wanted]
+    else:
+        targets = list(order)
+    cands = candidates if candidates is not None else candidate_list(kinds)
+
+    fit_feeds, val_feeds, fit_idx, val_idx = split_feeds(calib_feeds, val_fraction, seed)
+    evaluator = Evaluator(canon, val_feeds, eval_data)
+    budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None)
+    with_eval = budget.max_drop is not None
+    say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings; {len(fit_idx)} fitting and "
+        f"{len(val_idx)} validation inputs; budget: {budget.describe()}")
+
+    if timer is None:
+        first = val_feeds[0]
+        feed = {k: np.ascontiguousarray(v[:1]) for k, v in first.items()}
+        timer = ModelTimer(canon, feed, threads=threads, cache=TimingCache(timing_cache), runs=runs)
+
+    from ..analysis import analyse_convs
+
+    macs = {c.name: c.macs for c in analyse_convs(canon)}
+
+    # ---------------------------------------------------------------- 2-3. per setting: time, fit, measure
+    # A candidate's time depends on its setting (d, sparsity, codebooks), not on how well it is
+    # fitted: each setting is first fitted cheaply (the kind's `quick` options) to time every layer
+    # in the model; only the layers where it saves time are then fitted properly (independently,
+    # fitting part) and measured on the validation part.
+    replacements: dict[tuple[str, str], Replacement] = {}
+    quick_reps: dict[tuple[str, str], Replacement] = {}
+    records: dict[tuple[str, str], Any] = {}
+    results: dict[str, dict[str, LayerResult]] = {n: {} for n in targets}
+    measured: dict[str, list[Measured]] = {n: [] for n in targets}
+    by_label = {c.label: c for c in cands}
+    ref_times = []
+    for c in cands:
+        kind = KINDS[c.kind]
+        t0 = time.perf_counter()
+        quick = kind.quick
+        try:
+            fitted, recs, _ = kind.apply(canon, {**c.opts, **(quick or {})}, targets,
+                                         fit_feeds[:2] if quick is not None else fit_feeds, canon, True, provided)
+        except OnnxCompressError as exc:
+            notes.append(f"{c.label}: not applicable ({exc})")
+            for n in targets:
+                results[n][c.label] = LayerResult(c.label, f"not applicable: {exc}")
+            continue
+        paying = []
+        for n in targets:
+            rec = recs.get(n)
+            rep = replacement_of(canon, fitted, n) if rec is not None and rec.status == "rewritten" else None
+            if rep is None:
+                reason = rec.reason if rec is not None and rec.reason else "not rewritten"
+                results[n][c.label] = LayerResult(c.label, f"not eligible: {reason}")
+                continue
+            quick_reps[(n, c.label)] = rep
+            alone = _finish(splice(canon, [rep]), [])
+            ref_ms, cand_ms = timer.time(alone, key=f"{n}|{c.label}")
+            if ref_ms - cand_ms > MIN_SAVED_FRACTION * ref_ms:  # confirmed by three times the runs
+                ref_ms, cand_ms = timer.time(alone, key=f"{n}|{c.label}|confirm", runs=3 * timer.runs)
+            ref_times.append(ref_ms)
+            r = LayerResult(c.label, "does not save time in the model", round(ref_ms - cand_ms, 5),
+                            round(ref_ms, 5), round(cand_ms, 5))
+            results[n][c.label] = r
+            if ref_ms - cand_ms > MIN_SAVED_FRACTION * ref_ms:
+                paying.append(n)
+                if quick is None:
+                    replacements[(n, c.label)], records[(n, c.label)] = rep, rec
+        timer.cache.save()
+        if paying and quick is not None:
+            fitted, recs, _ = kind.apply(canon, c.opts, paying, fit_feeds, canon, True, provided)
+            for n in list(paying):
+                rep = replacement_of(canon, fitted, n) if recs.get(n) is not None else None
+                if rep is None or recs[n].status != "rewritten":
+                    results[n][c.label].status = "not rewritten by the calibrated fit"
+                    paying.remove(n)
+                    continue
+                replacements[(n, c.label)], records[(n, c.label)] = rep, recs[n]
+        for n in paying:
+            m = evaluator.measure(splice(canon, [replacements[(n, c.label)]]), with_eval=False)
+            r = results[n][c.label]
+            r.status, r.error, r.cosine, r.agreement = "measured", m.rel_error, m.cosine, m.agreement
+            r.details = dict(records[(n, c.label)].details)
+            measured[n].append(Measured(n, c.label, r.saved_ms, m.rel_error))
+        detail = ", ".join(f"{n} {results[n][c.label].saved_ms:+.3f}ms err {results[n][c.label].error:.1e}"
+                           for n in paying)
+        timed_count = sum(1 for n in targets if (n, c.label) in quick_reps)
+        say(f"auto: {c.label}: timed {timed_count} layers, {len(paying)} save time"
+            + (f" ({detail})" if paying else "") + f", {time.perf_counter() - t0:.1f}s")
+    model_ms = float(np.median(ref_times)) if ref_times else None
+
+    # ---------------------------------------------------------------- 4. the path, bisected
+    path = lagrangian_path(measured, min_saved=0.0)
+    trials: dict[int, Measurement] = {}
+
+    def spliced(k: int) -> onnx.ModelProto:
+        return splice(canon, [replacements[(m.layer, m.label)] for m in path[k - 1].values()])
+
+    def passes_k(k: int) -> bool:
+        trials[k] = evaluator.measure(spliced(k), with_eval=with_eval)
+        ok = budget.holds(trials[k])
+        say(f"auto: path step {k}/{len(path)} ({len(path[k - 1])} layers): {trials[k].as_dict()} "
+            f"{'meets' if ok else 'misses'} the budget")
+        return ok
+
+    k_best = longest_passing(len(path), passes_k) if path else 0
+    chosen = dict(path[k_best - 1]) if k_best else {}
+    why_not: dict[str, str] = {}
+    plan_source = f"Lagrangian path, step {k_best} of {len(path)}" if chosen else ""
+
+    # ---------------------------------------------------------------- 4b. whole-setting plans
+    # Timed alone, a layer pays the layout conversions ORT inserts around our op; replaced together
+    # with its neighbours it shares them, so a setting can pay on every layer while few layers pay
+    # alone. The settings that save most as a whole (quick fits, timed as one model) are also
+    # tried: every layer they apply to, properly fitted, the most damaging given back (bisection)
+    # until the budget holds; such a plan replaces the path's when it saves more, timed as a whole.
+    def saving_of(plan: dict[str, Measured], reps_of) -> float:
+        ref_ms, cand_ms = timer.time(_finish(splice(canon, [reps_of[(n, m.label)] for n, m in plan.items()]), []),
+                                     key=None)
+        return ref_ms - cand_ms
+
+    best_saving = saving_of(chosen, replacements) if chosen else 0.0
+    wholes = []
+    for c in cands:
+        eligible = [n for n in targets if (n, c.label) in quick_reps]
+        if len(eligible) < 2:
+            continue
+        ref_ms, cand_ms = timer.time(_finish(splice(canon, [quick_reps[(n, c.label)] for n in eligible]), []),
+                                     key=f"all|{c.label}")
+        wholes.append((ref_ms - cand_ms, c, eligible))
+    timer.cache.save()
+    for saved_all, c, eligible in sorted(wholes, key=lambda w: -w[0])[:WHOLE_SETTINGS_TRIED]:
+        if saved_all <= max(best_saving, MIN_SAVED_FRACTION * (model_ms or 0.0)):
+            continue
+        say(f"auto: {c.label} on all {len(eligible)} layers it applies to saves {saved_all:.3f} ms as a whole "
+            f"(the path's plan {best_saving:.3f} ms): fitting and measuring every one")
+        missing = [n for n in eligible if (n, c.label) not in replacements]
+        if missing:
+            fitted, recs, _ = KINDS[c.kind].apply(canon, c.opts, missing, fit_feeds, canon, True, provided)
+            for n in missing:
+                rep = replacement_of(canon, fitted, n) if recs.get(n) is not None else None
+                if rep is None:
+                    continue
+                replacements[(n, c.label)], records[(n, c.label)] = rep, recs[n]
+                m = evaluator.measure(splice(canon, [rep]), with_eval=False)
+                r = results[n].get(c.label)
+                if r is not None:
+                    r.status, r.error, r.cosine, r.agreement = "measured", m.rel_error, m.cosine, m.agreement
+                    r.details = dict(recs[n].details)
+        plan_s = {n: Measured(n, c.label, results[n][c.label].saved_ms, results[n][c.label].error)
+                  for n in eligible if (n, c.label) in replacements and results[n][c.label].error is not None}
+        gentle = sorted(plan_s, key=lambda n: plan_s[n].error)  # least damaging first
+
+        def whole_passes(k: int) -> bool:
+            m = evaluator.measure(splice(canon, [replacements[(n, c.label)] for n in gentle[:k]]),
+                                  with_eval=with_eval)
+            say(f"auto: {c.label} on its {k} least damaging layers: {m.as_dict()}")
+            return budget.holds(m)
+
+        k = longest_passing(len(gentle), whole_passes)
+        if k < 2:
+            continue
+        plan_k = {n: plan_s[n] for n in gentle[:k]}
+        saving = saving_of(plan_k, replacements)
+        if saving > best_saving:
+            chosen, best_saving = plan_k, saving
+            plan_source = f"{c.label} on {k} of {len(eligible)} layers (timed as a whole: {saving:.3f} ms saved)"
+    if chosen:
+        notes.append(f"plan before the sequential refit: {plan_source}")
+
+    # ---------------------------------------------------------------- 5. sequential fit, back-off
+    finishing: dict[str, Any] = {}
+    seq_records: dict[str, Any] = {}
+    candidate_model = canon
+    plan_kind = "none"
+    if chosen:
+        spliced_model = splice(canon, [replacements[(n, m.label)] for n, m in chosen.items()])
+        current = canon
+        groups: list[tuple[str, list[str]]] = []  # runs of consecutive chosen layers with one setting
+        for n in [n for n in order if n in chosen]:
+            if groups and groups[-1][0] == chosen[n].label:
+                groups[-1][1].append(n)
+            else:
+                groups.append((chosen[n].label, [n]))
+        t0 = time.perf_counter()
+        for label, names in groups:
+            c = by_label[label]
+            current, recs, fin = KINDS[c.kind].apply(current, c.opts, names, fit_feeds, canon, False, provided)
+            for p in fin:
+                finishing.setdefault(type(p).__name__, p)
+            for name in names:
+                if recs.get(name) is not None:
+                    seq_records[name] = recs[name]
+        say(f"auto: plan of {len(chosen)} layers fitted sequentially in {time.perf_counter() - t0:.1f}s")
+        damage = sorted(chosen, key=lambda n: -chosen[n].error)
+        seq_trials: dict[frozenset, Measurement] = {}
+
+        def seq_check(kept: set[str]) -> bool:
+            m = evaluator.measure(revert(current, canon, set(chosen) - kept), with_eval=with_eval)
+            seq_trials[frozenset(kept)] = m
+            say(f"auto: sequential plan with {len(kept)} layers: {m.as_dict()}")
+            return budget.holds(m)
+
+        kept, given = back_off(list(chosen), damage, seq_check)
+        for n in given:
+            why_not[n] = "given back: the sequentially fitted plan missed the budget with it"
+        seq_saved = sp_saved = 0.0
+        if len(kept) < len(chosen):  # which of the two saves more, timed as written
+            fin = list(finishing.values())
+            for which, m in (("seq", revert(current, canon, set(chosen) - kept)), ("sp", spliced_model)):
+                ref_ms, cand_ms = timer.time(_finish(m, fin), key=None)
+                if which == "seq":
+                    seq_saved = ref_ms - cand_ms
+                else:
+                    sp_saved = ref_ms - cand_ms
+        if len(kept) == len(chosen) or seq_saved >= sp_saved:
+            candidate_model = revert(current, canon, set(chosen) - kept)
+            plan_kind = "sequential"
+            chosen = {n: chosen[n] for n in kept}
+        else:
+            notes.append(f"the sequential refit kept {len(kept)} of {len(chosen)} layers within the budget "
+                         f"(saving {seq_saved:.3f} ms, timed); the independently fitted "
+                         f"plan, which met it with all {len(chosen)} (saving {sp_saved:.3f} ms), is written")
+            candidate_model = spliced_model
+            plan_kind = "independent"
+            for n in given:
+                why_not.pop(n, None)
+            seq_records = {n: records[(n, chosen[n].label)] for n in chosen}
+
+    # ---------------------------------------------------------------- 6. guarantee on the written model
+    speedups: dict[frozenset, float] = {}
+    finals: dict[frozenset, tuple[onnx.ModelProto, Measurement]] = {}
+
+    def final_of(kept: set[str]):
+        key = frozenset(kept)
+        if key not in finals:
+            out = _finish(revert(candidate_model, canon, set(chosen) - kept), list(finishing.values()))
+            finals[key] = (out, evaluator.measure(out, with_eval=with_eval))
+        return finals[key]
+
+    def meets(kept: set[str]) -> bool:
+        return budget.holds(final_of(kept)[1])
+
+    def speed(kept: set[str]) -> float:
+        key = frozenset(kept)
+        if key not in speedups:
+            ref_ms, cand_ms = timer.time(final_of(kept)[0], key=None, runs=final_runs)
+            speedups[key] = ref_ms / cand_ms
+            say(f"auto: the model with {len(kept)} layers replaced times {speedups[key]:.3f}x at "
+                f"{timer.threads} thread(s)")
+        return speedups[key]
+
+    damage = sorted(chosen, key=lambda n: -chosen[n].error)
+    saved = {n: chosen[n].saved_ms for n in chosen}
+    kept, given_budget, given_speed = guarantee(list(chosen), damage, saved, meets, speed)
+    for n in given_budget:
+        why_not[n] = "given back: the written model missed the budget with it"
+    for i, n in enumerate(given_speed):
+        at = speedups.get(frozenset(kept | set(given_speed[i:])), float("nan"))
+        why_not[n] = (f"given back: the model timed {at:.3f}x with it among {len(kept) + len(given_speed) - i} "
+                      "replaced layers (slower than the original); it saved least")
+    if kept:
+        final, final_m = final_of(kept)
+    else:
+        final = canon
+        final_m = evaluator.measure(canon, with_eval=with_eval)
+        if not any(measured.values()):
+            notes.append("no candidate saves time in the model on this machine: the canonicalised original is "
+                         "written")
+        elif not chosen and not given_budget and not given_speed:
+            notes.append("no candidate that saves time meets the budget alone on the validation inputs: the "
+                         "canonicalised original is written")
+        else:
+            notes.append("every layer of the plan was given back (budget or speed): the canonicalised original "
+                         "is written")
+    chosen = {n: chosen[n] for n in kept}
+
+    # ---------------------------------------------------------------- report
+    speed_at = {}
+    for t in report_threads:
+        if t == timer.threads and frozenset(kept) in speedups:
+            speed_at[str(t)] = round(speedups[frozenset(kept)], 4)
+        elif kept:
+            ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs, threads=t)
+            speed_at[str(t)] = round(ref_ms / cand_ms, 4)
+        else:
+            speed_at[str(t)] = 1.0
+    results = {n: list(v.values()) for n, v in results.items()}
+    rows = []
+    macs_after_total = 0
+    for n in order:
+        row: dict[str, Any] = {"name": n, "macs": macs.get(n)}
+        if n in results:
+            row["candidates"] = [vars(r) | {"details": {}} for r in results[n]]
+        if n in chosen:
+            c = by_label[chosen[n].label]
+            rec = seq_records.get(n)
+            work = KINDS[c.kind].work(rec.details if rec is not None else {}, macs.get(n) or 0)
+            alone = chosen[n].saved_ms
+            why = (f"saves {alone:.3f} ms in the model at relative error {chosen[n].error:.2e} alone; "
+                   f"within the budget ({plan_source})") if alone > 0 else (
+                f"alone it saves {alone:+.3f} ms (relative error {chosen[n].error:.2e}), but it is part of "
+                f"{plan_source}, which is faster as a whole")
+            row.update(choice=c.label, saved_ms=round(alone, 5), error_alone=chosen[n].error, work_after=work,
+                       why=why)
+            macs_after_total += work.get("macs") if work.get("macs") is not None else (macs.get(n) or 0)
+        else:
+            macs_after_total += macs.get(n) or 0
+            row["choice"] = "original"
+            if n not in results:
+                row["why"] = "not among --layers"
+            elif n in why_not:
+                row["why"] = why_not[n]
+            elif not measured.get(n):
+                paying = [r for r in results[n] if r.saved_ms is not None]
+                row["why"] = ("no candidate saves time in the model" + (
+                    f" (best {max(paying, key=lambda r: r.saved_ms).label}: "
+                    f"{max(r.saved_ms for r in paying):+.3f} ms)" if paying else " (none eligible)"))
+            else:
+                best = max(measured[n], key=lambda m: m.saved_ms / max(m.error, 1e-12))
+                row["why"] = (f"the budget went to layers saving more per unit of error (best here: {best.label}, "
+                              f"{best.saved_ms:.3f} ms at error {best.error:.2e})")
+        rows.append(row)
+
+    settings = []
+    if settings_points:
+        # every single setting on every layer it applies to (fitted independently, fitting part)
+        for c in cands:
+            eligible = [n for n in targets if (n, c.label) in quick_reps]
+            if not eligible:
+                continue
+            missing = [n for n in eligible if (n, c.label) not in replacements]
+            if missing:
+                fitted, recs, _ = KINDS[c.kind].apply(canon, c.opts, missing, fit_feeds, canon, True, provided)
+                for n in missing:
+                    rep = replacement_of(canon, fitted, n) if recs.get(n) is not None else None
+                    if rep is not None:
+                        replacements[(n, c.label)] = rep
+            reps = [replacements[(n, c.label)] for n in eligible if (n, c.label) in replacements]
+            whole = splice(canon, reps)
+            m = evaluator.measure(whole, with_eval=eval_data is not None)
+            ref_ms, cand_ms = timer.time(_finish(whole, []), key=f"all|{c.label}")
+            settings.append({"label": c.label, "layers": len(reps), "speedup": round(ref_ms / cand_ms, 4),
+                             "measurement": m.as_dict(), "meets_budget": budget.holds(m)})
+        timer.cache.save()
+    if eval_data is not None and final_m.eval_top1 is None:
+        final_m = evaluator.measure(final, with_eval=True)
+    summary = {
+        "budget": budget.as_dict(), "achieved": final_m.as_dict(), "meets_budget": budget.holds(final_m),
+        "original_eval_top1": evaluator.eval_top1,
+        "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,
+        "layers_replaced": len(kept), "conv_layers": len(order), "plan": plan_kind if kept else "original",
+        "plan_source": plan_source,
+        "macs_before": int(sum(v or 0 for v in macs.values())), "macs_after": int(macs_after_total),
+        "fitting_inputs": int(len(fit_idx)), "validation_inputs": int(len(val_idx)),
+        "validation_indices": [int(i) for i in val_idx],
+        "path_steps": len(path), "path_step_chosen": k_best, "measurements": evaluator.count,
+        "timing_cache": {"path": timing_cache, "hits": timer.cache.hits, "misses": timer.cache.misses},
+        "planning_seconds": round(time.perf_counter() - start, 1),
+    }
+    return PlanResult(final, summary, rows, settings, notes)

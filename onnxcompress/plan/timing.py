@@ -1,0 +1,120 @@
+"""Whole-model latency of a candidate against the original, cached on disk.
+
+A layer is timed in the model, not alone: the model with only that layer
+replaced against the original, runs interleaved, medians (our ops change the
+layout choices ONNX Runtime makes around them, so a layer faster alone can
+slow the model). The cache is a JSON file keyed by the original model's
+hash, the layer, the candidate, the thread count, the CPU and the ONNX
+Runtime version, so that planning twice on a noisy machine plans the same.
+The fitted values of a candidate are not part of the key: its time is taken
+to depend on the technique and setting, not on the calibration data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import onnx
+
+DEFAULT_RUNS = 30
+DEFAULT_WARMUP = 5
+
+
+def default_cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onnxcompress" / "layer_timings.json"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:20]
+
+
+class TimingCache:
+    """{key: {"reference_ms", "candidate_ms"}} in a JSON file (None: in memory only)."""
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict] = {}
+        self.hits = 0
+        self.misses = 0
+        if self.path and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def get(self, key: str):
+        value = self.entries.get(key)
+        if value is not None:
+            self.hits += 1
+        return value
+
+    def put(self, key: str, value: dict) -> None:
+        self.misses += 1
+        self.entries[key] = value
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        merged = {}
+        if self.path.is_file():  # another run may have added entries meanwhile
+            try:
+                merged = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                merged = {}
+        merged.update(self.entries)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".timings-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(merged, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+class ModelTimer:
+    """Times models against `reference` on `feed` at `threads`, interleaved, medians.
+
+    time(candidate, key) -> (reference_ms, candidate_ms); with a key, cached."""
+
+    def __init__(self, reference: onnx.ModelProto, feed: dict, threads: int = 1, cache: TimingCache | None = None,
+                 runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP):
+        import onnxruntime
+
+        self.reference = reference
+        self.feed = feed
+        self.threads = threads
+        self.cache = cache or TimingCache(None)
+        self.runs, self.warmup = runs, warmup
+        self.prefix = f"{model_digest(reference)}|t{threads}|{cpu_name()}|ort{onnxruntime.__version__}"
+        self.measured = 0
+
+    def time(self, candidate: onnx.ModelProto, key: str | None = None, runs: int | None = None,
+             threads: int | None = None) -> tuple[float, float]:
+        from ..layer_timing import time_models
+
+        threads = self.threads if threads is None else threads
+        full = f"{self.prefix}|{key}" if key is not None and threads == self.threads else None
+        if full is not None:
+            hit = self.cache.get(full)
+            if hit is not None:
+                return hit["reference_ms"], hit["candidate_ms"]
+        self.measured += 1
+        t = time_models(self.reference, candidate, self.feed, threads=threads, runs=runs or self.runs,
+                        warmup=self.warmup)
+        if full is not None:
+            self.cache.put(full, {"reference_ms": round(t.reference_ms, 5), "candidate_ms": round(t.candidate_ms, 5)})
+        return t.reference_ms, t.candidate_ms

@@ -1,0 +1,331 @@
+"""--method auto: the split, the selection logic, splicing, the guarantee (with injected
+timings: no timed assertions), the budget on validation data checked again from outside,
+--layers, the timing cache, and the command line."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import modelgen
+from onnxcompress import DOMAIN, InferenceSession
+from onnxcompress.cli import main
+from onnxcompress.errors import OnnxCompressError
+from onnxcompress.inputs import random_feeds
+from onnxcompress.plan import plan_model
+from onnxcompress.plan.budget import split_feeds
+from onnxcompress.plan.candidates import KINDS, candidate_list
+from onnxcompress.plan.select import Measured, back_off, guarantee, lagrangian_path, longest_passing
+from onnxcompress.plan.splice import replacement_of, revert, splice
+from onnxcompress.plan.timing import ModelTimer, TimingCache
+
+
+class FakeTimer:
+    """Times from a cost model instead of a clock: 10 ms, minus 1 ms per node of ours, plus a
+    8 ms layout tax once three or more of ours are in the model."""
+
+    threads = 1
+    runs = 30
+
+    def __init__(self):
+        self.cache = TimingCache(None)
+        self.calls = 0
+
+    def time(self, model, key=None, runs=None, threads=None):
+        self.calls += 1
+        n = sum(node.domain == DOMAIN for node in model.graph.node)
+        return 10.0, 10.0 - n + (8.0 if n >= 3 else 0.0)
+
+
+def _feeds(model, n=24, seed=1):
+    return random_feeds(model, n // 4, batch=4, seed=seed)
+
+
+def _outputs(model, feeds):
+    sess = InferenceSession(model.SerializeToString())
+    return np.concatenate([sess.run(None, f)[0] for f in feeds])
+
+
+def _validation(feeds, indices):
+    x = np.concatenate([f["input"] for f in feeds])
+    return [{"input": x[indices]}]
+
+
+def _row_cosine(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def _ours(model):
+    return [n.name for n in model.graph.node if n.domain == DOMAIN]
+
+
+# ------------------------------------------------------------------ pure parts
+
+def test_split_is_disjoint_seeded_and_rebatched():
+    feeds = [{"x": np.arange(i * 5, i * 5 + 5, dtype=np.float32)[:, None]} for i in range(4)]  # 20 samples
+    fit, val, fi, vi = split_feeds(feeds, 0.25, seed=3)
+    assert len(vi) == 5 and len(fi) == 15
+    assert set(fi).isdisjoint(vi) and set(fi) | set(vi) == set(range(20))
+    got = np.concatenate([f["x"] for f in val]).ravel()
+    assert sorted(got.tolist()) == sorted(vi.tolist())  # the rows are the samples the indices say
+    assert set(np.concatenate([f["x"] for f in fit]).ravel().tolist()).isdisjoint(got.tolist())
+    again = split_feeds(feeds, 0.25, seed=3)[3]
+    other = split_feeds(feeds, 0.25, seed=4)[3]
+    assert np.array_equal(again, vi) and not np.array_equal(other, vi)
+    with pytest.raises(OnnxCompressError):
+        split_feeds(feeds[:1][:1] and [{"x": np.zeros((1, 1), np.float32)}], 0.25)
+
+
+def test_lagrangian_path_orders_by_time_saved_per_error():
+    options = {
+        "a": [Measured("a", "cheap", 1.0, 0.01), Measured("a", "dear", 3.0, 0.05),
+              Measured("a", "dominated", 0.5, 0.2)],
+        "b": [Measured("b", "exact", 0.5, 0.0)],
+        "c": [Measured("c", "slow", -0.2, 0.0)],
+    }
+    path = lagrangian_path(options)
+    assert [{k: v.label for k, v in p.items()} for p in path] == [
+        {"b": "exact"}, {"b": "exact", "a": "cheap"}, {"b": "exact", "a": "dear"}]
+    assert longest_passing(len(path), lambda k: k <= 2) == 2
+    assert longest_passing(len(path), lambda k: False) == 0
+
+
+def test_back_off_and_guarantee_with_injected_timings():
+    kept, given = back_off(["a", "b", "c"], ["b", "a", "c"], lambda kept: "b" not in kept)
+    assert kept == {"a", "c"} and given == ["b"]
+    # the model is slower with more than one layer replaced: the weakest savers go back
+    saved = {"a": 3.0, "b": 1.0, "c": 2.0}
+    kept, for_budget, for_speed = guarantee(["a", "b", "c"], ["a", "b", "c"], saved, lambda k: True,
+                                            lambda k: 1.2 if len(k) <= 1 else 0.9)
+    assert kept == {"a"} and for_speed == ["b", "c"] and for_budget == []
+    # never faster: nothing is kept (the original is written)
+    kept, _, for_speed = guarantee(["a", "b"], ["a", "b"], saved, lambda k: True, lambda k: 0.99)
+    assert kept == set() and len(for_speed) == 2
+    # the budget goes first, most damaging first
+    kept, for_budget, _ = guarantee(["a", "b"], ["b", "a"], saved, lambda k: "b" not in k, lambda k: 2.0)
+    assert kept == {"a"} and for_budget == ["b"]
+
+
+def test_splice_and_revert_move_one_layer():
+    from onnxcompress.plan.planner import _canonical, _provided
+
+    canon = _canonical(modelgen.small_resnet())
+    feeds = _feeds(canon, 8)
+    conv = [n.name for n in canon.graph.node if n.op_type == "Conv"]
+    fitted, recs, _ = KINDS["penni"].apply(canon, {"bases": 3, "coef_sparsity": 0.5}, conv, feeds, canon, True,
+                                           _provided())
+    rewritten = [n for n in conv if recs[n].status == "rewritten"]
+    assert len(rewritten) >= 3
+    one = splice(canon, [replacement_of(canon, fitted, rewritten[1])])
+    assert _ours(one) == [rewritten[1]]
+    two = splice(canon, [replacement_of(canon, fitted, n) for n in rewritten[:2]])
+    assert sorted(_ours(two)) == sorted(rewritten[:2])
+    onnx.checker.check_model(two)
+    back = revert(two, canon, [rewritten[0]])
+    assert _ours(back) == [rewritten[1]]
+    np.testing.assert_allclose(_outputs(back, feeds), _outputs(one, feeds), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(_outputs(revert(two, canon, rewritten[:2]), feeds), _outputs(canon, feeds))
+    assert replacement_of(canon, canon, conv[0]) is None
+
+
+# ------------------------------------------------------------------ the planner
+
+@pytest.fixture(scope="module")
+def planned():
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 32)
+    timer = FakeTimer()
+    result = plan_model(model, feeds, min_cosine=0.98, candidates=candidate_list("falcon,penni"), timer=timer,
+                        seed=5, report_threads=(1,))
+    return model, feeds, result, timer
+
+
+def test_auto_meets_its_budget_on_the_validation_inputs(planned):
+    model, feeds, result, _ = planned
+    s = result.summary
+    assert s["meets_budget"] and s["layers_replaced"] >= 1 and s["plan"] in ("sequential", "independent")
+    val = _validation(feeds, s["validation_indices"])
+    # measured again from outside: the written model against the input model, on the held-out inputs
+    cos = _row_cosine(_outputs(model, val), _outputs(result.model, val))
+    assert cos >= 0.98
+    assert abs(cos - s["achieved"]["cosine"]) < 1e-4
+    onnx.checker.check_model(result.model)
+    assert len(s["validation_indices"]) == 8 and s["fitting_inputs"] == 24
+
+
+def test_auto_never_writes_a_slower_model_by_its_timings(planned):
+    _, _, result, timer = planned
+    # the fake layout tax makes 3+ of our nodes slower than the original: at most 2 are kept
+    ours = _ours(result.model)
+    assert 1 <= len(ours) <= 2
+    assert result.summary["speedup"]["1"] >= 1.0
+    given = [r for r in result.layers if r.get("why", "").startswith("given back: the model timed")]
+    chosen = [r for r in result.layers if r["choice"] != "original"]
+    assert len(chosen) == len(ours) and (given or len(ours) <= 2)
+
+
+class ChainTimer(FakeTimer):
+    """Our op alone pays a layout conversion (slower), several in a row share it: 10 ms, plus 2 ms
+    once any of ours is in the model, minus 1 ms per node of ours."""
+
+    def time(self, model, key=None, runs=None, threads=None):
+        self.calls += 1
+        n = sum(node.domain == DOMAIN for node in model.graph.node)
+        return 10.0, 10.0 + (2.0 if n else 0.0) - n
+
+
+def test_auto_takes_a_setting_that_pays_only_as_a_whole():
+    model = modelgen.small_resnet()
+    result = plan_model(model, _feeds(model, 16), min_cosine=0.5, candidates=candidate_list("penni")[:1],
+                        timer=ChainTimer(), report_threads=(1,))
+    s = result.summary
+    assert s["layers_replaced"] >= 3 and s["speedup"]["1"] > 1.0 and s["meets_budget"]
+    assert "timed as a whole" in s["plan_source"]
+    chosen = [r for r in result.layers if r["choice"] != "original"]
+    assert all(r["saved_ms"] < 0 and "faster as a whole" in r["why"] for r in chosen)
+
+
+def test_auto_leaves_everything_alone_at_zero_loss():
+    model = modelgen.small_resnet()
+    result = plan_model(model, _feeds(model, 16), min_cosine=1.0, candidates=candidate_list("penni"),
+                        timer=FakeTimer(), report_threads=(1,), settings_points=False)
+    assert _ours(result.model) == [] and result.summary["layers_replaced"] == 0
+    assert result.summary["plan"] == "original"
+    assert any("original is written" in n for n in result.notes)
+    assert all(r["choice"] == "original" and r.get("why") for r in result.layers)
+
+
+def test_auto_honours_layers():
+    model = modelgen.small_resnet()
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    only = convs[1]
+    result = plan_model(model, _feeds(model, 16), min_cosine=0.5, layers=[only],
+                        candidates=candidate_list("penni"), timer=FakeTimer(), report_threads=(1,),
+                        settings_points=False)
+    assert _ours(result.model) == [only]
+    assert [r["why"] for r in result.layers if r["name"] != only] == ["not among --layers"] * (len(convs) - 1)
+    with pytest.raises(OnnxCompressError, match="--layers"):
+        plan_model(model, _feeds(model, 8), layers=["nope"], candidates=candidate_list("penni"), timer=FakeTimer())
+
+
+@pytest.mark.parametrize("method,opts", [("falcon", {"select": "all"}), ("cluspa", {"sparsity": 0.5}),
+                                         ("penni", {"bases": 3}), ("tabconv", {"ridge": 1e-3, "calib_rows": 2000})])
+def test_single_methods_honour_layers(method, opts):
+    import onnxcompress
+
+    model = modelgen.small_resnet()
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    chosen = convs[1:3]
+    out, report = onnxcompress.optimize(model, method, calib_feeds=_feeds(model, 8), layers=",".join(chosen), **opts)
+    assert sorted(_ours(out)) == sorted(chosen)
+    assert {r["name"] for r in report.layers if r["status"] == "rewritten"} == set(chosen)
+    with pytest.raises(OnnxCompressError, match="no Conv"):
+        onnxcompress.optimize(model, method, calib_feeds=_feeds(model, 8), layers="nope", **opts)
+
+
+def test_timing_cache_is_reused(tmp_path):
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 16)
+    path = tmp_path / "timings.json"
+    kwargs = dict(min_cosine=0.9, candidates=candidate_list("falcon"), timing_cache=str(path), runs=2,
+                  final_runs=2, report_threads=(1,))
+    first = plan_model(model, feeds, **kwargs).summary["timing_cache"]
+    assert first["misses"] > 0 and path.is_file()
+    second = plan_model(model, feeds, **kwargs).summary["timing_cache"]
+    assert second["misses"] == 0 and second["hits"] == first["misses"]
+    keys = json.loads(path.read_text())
+    assert all("|t1|" in k for k in keys) and len(keys) == first["misses"]
+
+
+def test_auto_on_digits_cnn_with_labels(tmp_path):
+    """The bundled digit classifier, a small labelled calibration set, --max-drop on labelled data."""
+    from onnxcompress.inputs import dataset_arrays
+    from onnxcompress.model_io import load_model
+
+    model = load_model("models/digits_cnn.onnx")
+    # one seeded, balanced, shuffled sample: its first 40 digits calibrate, the other 200 evaluate
+    xs, ys = dataset_arrays("mnist-test", 240, seed=0, model=model)
+    feeds = [{"input": xs[i:i + 8]} for i in range(0, 40, 8)]
+    x, y = xs[40:], ys[40:]
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    result = plan_model(model, feeds, max_drop=0.5, eval_data=(x, y), layers=convs[1:4],
+                        candidates=candidate_list("falcon,cluspa")[:2], timer=FakeTimer(), report_threads=(1,),
+                        settings_points=False)
+    s = result.summary
+    assert s["meets_budget"] and s["achieved"]["eval_drop"] <= 0.5
+    sess = InferenceSession(result.model.SerializeToString())
+    acc = np.mean(np.argmax(sess.run(None, {"input": x})[0], 1) == y)
+    assert abs(100 * (s["original_eval_top1"] - acc) - s["achieved"]["eval_drop"]) < 1e-6
+    assert set(_ours(result.model)) <= set(convs[1:4])
+
+
+# ------------------------------------------------------------------ command line
+
+def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):
+    model = modelgen.small_resnet()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", input=x)
+    out, report, png = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "p.png"
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "auto", "--calib",
+                                  str(tmp_path / "c.npz"), "--candidates", "falcon", "--min-cosine", "0.9",
+                                  "--timing-cache", "off", "--report", str(report), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(report.read_text())
+    assert data["method"] == "auto" and data["plan"]["meets_budget"]
+    assert set(data["plan"]["speedup"]) == {"1", "2"} and "macs_after" in data["plan"]
+    assert [s["label"] for s in data["plan"]["settings"]] == ["falcon"]
+    assert out.is_file() and "budget: output cosine >= 0.9" in r.output
+    try:
+        import matplotlib  # noqa: F401
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    except ImportError:
+        assert "matplotlib is not installed" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "auto", "--calib",
+                                  str(tmp_path / "c.npz"), "--max-drop", "0.5"])
+    assert r.exit_code == 2 and "error: --max-drop needs labelled evaluation data" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "penni", "--max-drop", "1"])
+    assert r.exit_code == 2 and "does not apply to --method penni" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(tmp_path / "default.onnx")])  # auto by default
+    assert r.exit_code == 2 and r.output.startswith("error: --method auto") and "--calib" in r.output
+
+
+def test_compare_per_layer_finds_where_a_model_diverges(tmp_path):
+    import onnxcompress
+
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 8)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    exact, _ = onnxcompress.optimize(model, "falcon", calib_feeds=feeds, select="all")
+    approx, _ = onnxcompress.optimize(model, "cluspa", calib_feeds=feeds, sparsity=0.9, layers=convs[3])
+    paths = {}
+    for name, m in (("a", model), ("exact", exact), ("approx", approx)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(m, str(paths[name]))
+    run = lambda b: CliRunner().invoke(main, ["compare", str(paths["a"]), str(paths[b]), "--random", "3",
+                                              "--per-layer", "--json"])
+    r = run("exact")
+    assert r.exit_code == 0, r.output
+    rows = {x["layer"]: x for x in json.loads(r.output)}
+    assert set(rows) == set(convs)
+    assert sum(x["op_b"].endswith("SparseInputConv") for x in rows.values()) == 5
+    assert all(x["cosine"] > 0.99999 for x in rows.values())
+    rows = {x["layer"]: x for x in json.loads(run("approx").output)}
+    before = [rows[n]["cosine"] for n in convs[:3]]
+    assert all(c > 0.99999 for c in before)       # upstream of the approximated layer: identical
+    assert rows[convs[3]]["cosine"] < 0.9999 and rows[convs[3]]["op_b"].endswith("ClusteredSparseConv")
+
+
+def test_auto_on_a_model_without_node_names():
+    model = modelgen.small_resnet()
+    for node in model.graph.node:
+        node.name = ""
+    result = plan_model(model, _feeds(model, 16), min_cosine=0.9, candidates=candidate_list("falcon"),
+                        timer=FakeTimer(), report_threads=(1,))
+    names = [n.name for n in result.model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert 1 <= len(_ours(result.model)) <= 2 and result.summary["meets_budget"]
