@@ -11,8 +11,8 @@ cosine, the time.
     python bench/bench_real_models.py --quick --markdown results.md
 
 A command that ends in anything but exit 0 or a one-line `error:` with exit 2
-(a traceback, a signal, a time-out) is marked CRASH in the table and the
-script exits 1.
+(a traceback, a signal) is marked CRASH in the table, one that runs past
+--timeout TIMEOUT, and the script then exits 1.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def cli(args: list[str], timeout: float) -> tuple[int, str, str, float]:
 
 def failure(rc: int, stderr: str) -> tuple[str, bool]:
     """(the line to show, whether it is a clean `error:` exit)."""
+    if rc == -999:
+        return f"TIMEOUT: {stderr}", False
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
     if rc == 2 and errors and "Traceback" not in stderr:
