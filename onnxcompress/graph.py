@@ -9,15 +9,24 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import DOMAIN
+from .errors import OnnxCompressError
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
+    try:
+        return gs.import_onnx(model)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise OnnxCompressError(f"the model's graph cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph`, keeping `like`'s IR version, opset imports and metadata."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        # onnx-graphsurgeon cannot write back what it read: an empty list attribute (no type
+        # to infer), a string attribute that is not UTF-8 (fuzz cases cli seed 2026 1194, 1456)
+        raise OnnxCompressError(f"the model's graph cannot be rewritten: {type(exc).__name__}: {exc}") from None
     model.ir_version = like.ir_version
     opsets = {o.domain: o.version for o in like.opset_import}
     for o in model.opset_import:

@@ -4,8 +4,8 @@ each on a small hand-built input equivalent to the fuzz case that found it.
 - Shape inference read string attributes (auto_pad, activation) with ORT's C++
   Ort::ShapeInferContext::GetAttrString, which reads past the attribute's buffer
   (ASan heap-buffer-overflow on every valid node with a string attribute; fuzz
-  case op-BasisConv seed 1 index 0). The inferred shape is checked here with
-  and, when ONNXCOMPRESS_FUZZ_ASAN names the sanitized library, under ASan.
+  case op-BasisConv seed 1 index 0). Checked under ASan when
+  ONNXCOMPRESS_FUZZ_ASAN names the sanitized library (.ci/run sets it).
 - The CLI on a graph with a cycle or a tensor produced twice ended in
   onnx-graphsurgeon's raw traceback (cli seed 1 index 1); on a model without
   graph inputs with --calib in a raw IndexError (cli seed 2 index 161); on NaN
@@ -58,8 +58,9 @@ def _string_attribute_model(op: str) -> tuple[bytes, dict, tuple]:
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_shape_inference_reads_string_attributes(op):
-    """ORT's inferred Y shape (from our InferOutputShape, which reads auto_pad) is the one the kernel computes."""
+def test_nodes_with_string_attributes_load_and_run(op):
+    """The nodes whose shape inference read past the auto_pad string load, run and give the Y of
+    SAME_UPPER with stride 2 (the over-read itself shows only under ASan: the test below)."""
     import onnxruntime as ort
 
     model, feeds, want = _string_attribute_model(op)
@@ -68,8 +69,6 @@ def test_shape_inference_reads_string_attributes(op):
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     y = sess.run(None, feeds)[0]
     assert y.shape == want
-    inferred = sess.get_outputs()[0].shape
-    assert list(inferred[1:]) == list(want[1:]), inferred
 
 
 @pytest.mark.skipif(not os.environ.get("ONNXCOMPRESS_FUZZ_ASAN"),

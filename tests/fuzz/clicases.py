@@ -322,7 +322,7 @@ def make_case(seed: int, index: int, corpus: Path, folder: Path) -> dict:
             fn = PROTO_DAMAGE[int(rng.choice(len(PROTO_DAMAGE), p=_PW))][0]
             try:
                 log.append(fn(model, rng, model_dir))
-            except (ValueError, IndexError, KeyError, TypeError, AttributeError, StopIteration):
+            except Exception:  # noqa: BLE001 - onnx's own ValidationError on already damaged tensors too
                 log.append(f"{fn.__name__} not applicable")  # an earlier damage removed what it edits
         out = model.SerializeToString()
     (model_dir / "model.onnx").write_bytes(out)

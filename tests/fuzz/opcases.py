@@ -682,6 +682,8 @@ def expected_output_bytes(spec: Spec) -> int | None:
             else:
                 p = 0 if a.get("auto_pad", "NOTSET") == "VALID" else int(pads[axis]) + int(pads[axis + 2])
                 size[axis] = max((extent_in + p - ((int(k) - 1) * int(dil[axis]) + 1)) // s + 1, 0)
+        if min(int(n), int(m)) < 0:
+            return None
         return int(n) * int(m) * size[0] * size[1] * 4
     except Exception:  # noqa: BLE001 - mutated beyond telling
         return None
