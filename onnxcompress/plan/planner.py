@@ -239,6 +239,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     timer.cache.save()
     for saved_all, c, eligible in sorted(wholes, key=lambda w: -w[0])[:WHOLE_SETTINGS_TRIED]:
         if saved_all <= max(best_saving, MIN_SAVED_FRACTION * (model_ms or 0.0)):
+            say(f"auto: {c.label} on all {len(eligible)} layers saves {saved_all:.3f} ms as a whole, not more "
+                f"than the path's plan ({best_saving:.3f} ms, timed as a whole): not tried")
             continue
         say(f"auto: {c.label} on all {len(eligible)} layers it applies to saves {saved_all:.3f} ms as a whole "
             f"(the path's plan {best_saving:.3f} ms): fitting and measuring every one")
