@@ -39,7 +39,7 @@ from onnxcompress import DOMAIN  # noqa: E402
 from onnxcompress.analysis import analyse_convs  # noqa: E402
 from onnxcompress.errors import OnnxCompressError  # noqa: E402
 from onnxcompress.evaluation import evaluate_accuracy, open_session  # noqa: E402
-from onnxcompress.inputs import dataset_arrays  # noqa: E402
+from onnxcompress.inputs import calibration_feeds, dataset_arrays  # noqa: E402
 from onnxcompress.int8 import _Reader, conv_names, int8_convs, quantize_convs  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
@@ -47,27 +47,6 @@ from onnxcompress.table import format_table  # noqa: E402
 from bench_layout_tax import load_note, machine_summary  # noqa: E402
 
 DEFAULT_MODELS = ["models/resnet18_mnist.onnx", "models/digits_cnn.onnx"]
-
-
-def balanced_sample(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`count` held-out digits, count/10 of each label, drawn with a fixed seed."""
-    x, y = dataset_arrays("mnist-test")
-    rng = np.random.default_rng(seed)
-    labels = np.unique(y)
-    per = count // len(labels)
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), per, replace=False) for c in labels])
-    idx = rng.permutation(idx)
-    return x[idx], y[idx]
-
-
-def calibration_sample(model: onnx.ModelProto, count: int, batch: int = 16) -> list[dict]:
-    """`count` training digits drawn with seed 0, in feeds of `batch`. Not
-    calibration_feeds(model, 'mnist-train', count): that takes the first `count`
-    training digits, and the training set is stored by label (the first 500 are all 0s)."""
-    x, _ = dataset_arrays("mnist-train")
-    x = x[np.random.default_rng(0).permutation(len(x))[:count]]
-    name = model.graph.input[0].name
-    return [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
 
 
 def interleaved(models: list[bytes], feed: dict, threads: int, runs: int, warmup: int = 10):
@@ -202,12 +181,12 @@ def main() -> None:
 
 def run(args) -> None:
     print(machine_summary())
-    x_eval, y_eval = balanced_sample(args.eval)
+    x_eval, y_eval = dataset_arrays("mnist-test", args.eval, seed=0)  # seeded, class-balanced
     results = {"machine": machine_summary(), "models": {}}
     built = {}
     for path in args.models:
         original = load_model(path)
-        feeds = calibration_sample(original, args.calib)
+        feeds = calibration_feeds(original, "mnist-train", args.calib, batch=16)  # seeded, class-balanced
         rows = build_variants(path, feeds, args)
         for r in rows:
             r["top1"] = evaluate_accuracy(r["model"], x_eval, y_eval).top1

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -57,6 +56,7 @@ sys.path.insert(0, str(REPO))
 from onnxcompress._runtime import session_options  # noqa: E402
 from onnxcompress.errors import OnnxCompressError  # noqa: E402
 from onnxcompress.inputs import calibration_feeds  # noqa: E402
+from _modelbench import machine_summary as _modelbench_summary  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.schemas import DOMAIN  # noqa: E402
@@ -65,32 +65,17 @@ from onnxcompress.table import format_table  # noqa: E402
 NCHWC = "com.microsoft.nchwc"
 LEVELS = {"ALL": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
           "EXTENDED": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}
-ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
-
 
 def machine_summary() -> str:
-    """CPU model, cores, the SIMD features that matter to ORT's kernels and ours, ORT version."""
+    """_modelbench's summary (CPU, ISA, cores, ORT, load) and the NCHWc block ORT uses on it."""
+    flags = set()
     try:
-        from _modelbench import machine_summary as lead_summary  # the lead's, when it is there
-
-        return lead_summary()
-    except ImportError:
-        pass
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown CPU", platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+        flags = next((set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), set())
     except OSError:
         pass
-    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "unknown"
     block = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    return (f"{model}, {os.cpu_count()} logical CPUs, ISA: {isa} (ORT NCHWc block {block}); "
-            f"onnxruntime {ort.__version__}, python {platform.python_version()}")
+    return f"{_modelbench_summary()}; ORT NCHWc block {block}"
 
 
 def load_note() -> str:
