@@ -201,7 +201,8 @@ METHODS["auto"] = Method(
         Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
                "(seeded by --calib-seed); the rest is what the techniques fit to"),
         Option("candidates", str, None, "auto: comma-separated candidate kinds to weigh (default: every kind: "
-               "falcon, cluspa, penni, tabconv)"),
+               "falcon, cluspa, penni, tabconv per layer, and int8, ORT's static INT8 quantization of the Convs "
+               "the plan leaves to ORT, tried after the per-layer plan and on the original alone)"),
         Option("timing_cache", str, None, "auto: the file caching in-model timings (default: "
                "~/.cache/onnxcompress/layer_timings.json; 'off' for none)"),
         THREADS,

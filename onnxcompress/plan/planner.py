@@ -33,6 +33,7 @@ from .budget import DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolv
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, longest_passing
 from .splice import Replacement, replacement_of, revert, splice
+from .stages import STAGES, StageOutcome, run_stage, split_kinds
 from .timing import ModelTimer, TimingCache
 
 log = logging.getLogger("onnxcompress")
@@ -111,13 +112,18 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         targets = [n for n in order if n in wanted]
     else:
         targets = list(order)
-    cands = candidates if candidates is not None else candidate_list(kinds)
+    per_layer_kinds, stage_names = split_kinds(kinds)
+    if candidates is not None and kinds is None:
+        stage_names = []  # an explicit candidate list (tests, benches) names everything weighed
+    cands = candidates if candidates is not None else candidate_list(per_layer_kinds)
 
     fit_feeds, val_feeds, fit_idx, val_idx = split_feeds(calib_feeds, val_fraction, seed)
     evaluator = Evaluator(canon, val_feeds, eval_data)
     budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None)
     with_eval = budget.max_drop is not None
-    say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings; {len(fit_idx)} fitting and "
+    say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
+        + (f" and the whole-model stage(s) {', '.join(stage_names)}" if stage_names else "")
+        + f"; {len(fit_idx)} fitting and "
         f"{len(val_idx)} validation inputs; budget: {budget.describe()}")
 
     if timer is None:
@@ -386,12 +392,50 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                          "is written")
     chosen = {n: chosen[n] for n in kept}
 
+    # ---------------------------------------------------------------- 7. whole-model stages (INT8)
+    # Each stage on every Conv the plan left to ORT, and on the original alone; the fastest
+    # model within the budget, timed as written, is kept (plan/stages.py).
+    final_speed = speedups.get(frozenset(kept)) if kept else 1.0
+    stage_outcomes: list[StageOutcome] = []
+    staged: dict[str, str] = {}  # layer -> stage
+    winner: StageOutcome | None = None
+
+    def stage_speed(m: onnx.ModelProto) -> float:
+        ref_ms, cand_ms = timer.time(m, key=None, runs=final_runs)
+        return ref_ms / cand_ms
+
+    for sname in stage_names:
+        bases = ([("plan", final)] if kept else []) + [("original", canon)]
+        for bname, bmodel in bases:
+            o = run_stage(STAGES[sname], bname, bmodel, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
+                          restrict=set(targets))
+            stage_outcomes.append(o)
+            best_so_far = winner.speedup if winner is not None else final_speed
+            if o.meets_budget and o.speedup > max(best_so_far, 1.0 + MIN_SAVED_FRACTION):
+                winner = o
+    if winner is not None:
+        plan_before = final_speed
+        final, final_m, final_speed = winner.model, winner.measurement, winner.speedup
+        staged = {n: winner.stage for n in winner.layers}
+        if winner.base == "original":
+            for n in kept:
+                why_not[n] = (f"given back: {winner.stage} on the original ({winner.speedup:.3f}x) is faster than "
+                              f"the per-layer plan with it ({plan_before:.3f}x)")
+            kept, chosen = set(), {}
+        notes[:] = [x for x in notes if "canonicalised original is written" not in x]
+        notes.append(f"{winner.stage} on {len(winner.layers)} Conv(s) of the {winner.base} times "
+                     f"{winner.speedup:.3f}x within the budget (the per-layer plan alone: {plan_before:.3f}x)")
+        plan_kind = (plan_kind + " + " if kept else "") + winner.stage
+    for o in stage_outcomes:
+        if o is not winner and o.note:
+            notes.append(f"{o.stage} on the {o.base}: {o.note}")
+
     # ---------------------------------------------------------------- report
     speed_at = {}
     for t in report_threads:
-        if t == timer.threads and frozenset(kept) in speedups:
-            speed_at[str(t)] = round(speedups[frozenset(kept)], 4)
-        elif kept:
+        if t == timer.threads and (kept or staged):
+            speed_at[str(t)] = round(final_speed, 4)
+        elif kept or staged:
             ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs, threads=t)
             speed_at[str(t)] = round(ref_ms / cand_ms, 4)
         else:
@@ -399,11 +443,19 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     results = {n: list(v.values()) for n, v in results.items()}
     rows = []
     macs_after_total = 0
+    int8_macs = 0
     for n in order:
         row: dict[str, Any] = {"name": n, "macs": macs.get(n)}
         if n in results:
             row["candidates"] = [vars(r) | {"details": {}} for r in results[n]]
-        if n in chosen:
+        if n in staged:
+            st = STAGES[staged[n]]
+            work = st.work(macs.get(n) or 0)
+            row.update(choice=st.name, work_after=work,
+                       why=f"{st.summary}: the model with the stage times {final_speed:.3f}x within the budget")
+            macs_after_total += macs.get(n) or 0
+            int8_macs += (macs.get(n) or 0) if st.name == "int8" else 0
+        elif n in chosen:
             c = by_label[chosen[n].label]
             rec = seq_records.get(n)
             work = KINDS[c.kind].work(rec.details if rec is not None else {}, macs.get(n) or 0)
@@ -460,7 +512,9 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         "budget": budget.as_dict(), "achieved": final_m.as_dict(), "meets_budget": budget.holds(final_m),
         "original_eval_top1": evaluator.eval_top1,
         "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,
-        "layers_replaced": len(kept), "conv_layers": len(order), "plan": plan_kind if kept else "original",
+        "layers_replaced": len(kept) + len(staged), "conv_layers": len(order),
+        "plan": plan_kind if kept or staged else "original", "int8_macs": int(int8_macs),
+        "stages": [o.as_dict() for o in stage_outcomes],
         "plan_source": plan_source,
         "macs_before": int(sum(v or 0 for v in macs.values())), "macs_after": int(macs_after_total),
         "fitting_inputs": int(len(fit_idx)), "validation_inputs": int(len(val_idx)),

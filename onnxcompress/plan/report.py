@@ -41,6 +41,15 @@ def print_plan(report, echo) -> None:
     echo(f"{plan['layers_replaced']} of {plan['conv_layers']} Conv replaced ({plan['plan']} fit); measured "
          f"speedup against the canonicalised original: {sp}; Conv MACs at batch 1 {plan['macs_before']:,} -> "
          f"{plan['macs_after']:,} (additions and lookups in the JSON report)")
+    for st in plan.get("stages", []):
+        m = st.get("measurement") or {}
+        echo(f"stage {st['stage']} on the {st['base']}: " + (
+            f"{st['layers']} Conv, {st['speedup']:.3f}x, agreement {m.get('agreement')}, cosine {m.get('cosine')}"
+            + (f", top-1 drop {m['eval_drop']:+.2f}" if m.get("eval_drop") is not None else "")
+            + (f", {len(st['given_back'])} given back for the budget" if st.get("given_back") else "")
+            if st.get("speedup") is not None else st.get("note", "")) + f" ({st['seconds']} s)")
+    if plan.get("int8_macs"):
+        echo(f"of the Conv MACs after, {plan['int8_macs']:,} run in INT8 (u8 x s8)")
     tc = plan["timing_cache"]
     echo(f"planned in {plan['planning_seconds']} s ({plan['measurements']} validation measurements; timing cache "
          f"{tc['hits']} hits, {tc['misses']} new timings{', ' + tc['path'] if tc['path'] else ''})")
@@ -88,6 +97,12 @@ def plot_plan(plan: dict, path: str) -> Written:
         y, label = _metric(s["measurement"], plan)
         ax.scatter(s["speedup"], y, marker="o", color="tab:blue")
         ax.annotate(s["label"], (s["speedup"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for st in plan.get("stages", []):
+        if st.get("base") == "original" and st.get("speedup") is not None:
+            y, label = _metric(st["measurement"], plan)
+            ax.scatter(st["speedup"], y, marker="s", color="tab:green")
+            ax.annotate(f"{st['stage']} alone", (st["speedup"], y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
     y, label = _metric(plan["achieved"], plan)
     t = str(plan["planning_threads"])
     ax.scatter(plan["speedup"].get(t, 1.0), y, marker="*", s=160, color="tab:red", label="auto plan")

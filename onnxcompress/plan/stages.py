@@ -1,0 +1,152 @@
+"""Whole-model stages the planner tries after the per-layer plan: a registry of kinds.
+
+A per-layer candidate (plan/candidates.py) replaces one Conv by something of ours and
+is weighed layer by layer. Some choices only pay applied to many Convs at once and
+change the nodes around them too: ORT's static INT8 quantization wraps each Conv in
+QuantizeLinear / DequantizeLinear pairs and folds the following Relu, and one INT8 Conv
+between fp32 neighbours mostly pays for its conversions. Such a kind is a `Stage`:
+given a model (the plan's result, or the original), it is applied to every standard
+Conv left in it (the `layers` it names); the planner measures the result on the
+validation part, gives layers back (the most damaging alone first) until the budget
+holds, times it in the model and keeps it where it is the fastest model within the
+budget. A new stage is one more `register_stage(...)`: the planner does not change.
+
+INT8: onnxcompress.int8.quantize_convs (QDQ, per-channel s8 weights, u8 activations,
+MinMax ranges on the fitting part of the calibration inputs, Relu/Clip folded), so
+that one model can hold INT8 Convs, our ops and fp32 Convs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from ..errors import OnnxCompressError
+from .select import longest_passing
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    # (model, layer names, calibration feeds) -> the model with those layers transformed
+    apply: Callable[[onnx.ModelProto, list[str], list[dict[str, np.ndarray]]], onnx.ModelProto]
+    # model -> the layers the stage may transform
+    layers: Callable[[onnx.ModelProto], list[str]]
+    # feeds used for its own calibration (a stage fitting ranges needs fewer than a refit)
+    max_feeds: int = 32
+    # what the layer still computes, for the report (MACs stay MACs, in another type)
+    work: Callable[[int], dict] = lambda macs: {"macs": macs}
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+def _int8_apply(model, layers, feeds):
+    from ..int8 import quantize_convs
+
+    return quantize_convs(model, feeds, nodes=layers)
+
+
+def _int8_layers(model):
+    from ..int8 import conv_names
+
+    return conv_names(model)
+
+
+register_stage(Stage("int8", "ORT static INT8 (QDQ, per-channel weights, MinMax ranges)", _int8_apply, _int8_layers,
+                     work=lambda macs: {"macs": macs, "precision": "int8", "note": "u8 x s8 MACs in ORT's QLinearConv"}))
+
+
+def split_kinds(kinds) -> tuple[Any, list[str]]:
+    """`kinds` (comma-separated, a list or None) as (per-layer kinds or None for all, stage names)."""
+    if kinds is None:
+        return None, list(STAGES)
+    names = [k.strip() for k in kinds.split(",")] if isinstance(kinds, str) else list(kinds)
+    names = [k for k in names if k]
+    stages = [k for k in names if k in STAGES]
+    per_layer = [k for k in names if k not in STAGES]
+    return per_layer, stages
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    base: str                       # "plan" or "original"
+    layers: list[str]               # the layers it kept
+    model: onnx.ModelProto | None
+    measurement: Any = None
+    speedup: float | None = None    # against the canonicalised original, planning threads
+    meets_budget: bool = False
+    given_back: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"stage": self.stage, "base": self.base, "layers": len(self.layers),
+                "measurement": None if self.measurement is None else self.measurement.as_dict(),
+                "speedup": None if self.speedup is None else round(self.speedup, 4),
+                "meets_budget": self.meets_budget, "given_back": list(self.given_back),
+                "seconds": round(self.seconds, 1), "note": self.note}
+
+
+def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evaluator, budget, with_eval: bool,
+              speed: Callable[[onnx.ModelProto], float], say: Callable[[str], None],
+              restrict: set[str] | None = None) -> StageOutcome:
+    """`stage` on every layer of `base` it applies to (within `restrict` when given); if the result
+    misses the budget, the layers most damaging alone are given back (bisection over the least
+    damaging prefix); the result is timed with `speed`."""
+    t0 = time.perf_counter()
+    layers = [n for n in stage.layers(base) if restrict is None or n in restrict]
+    feeds = list(feeds)[:stage.max_feeds]
+    out = StageOutcome(stage.name, base_name, [], None)
+    if not layers:
+        out.note = "no layer it applies to"
+        return out
+    try:
+        model = stage.apply(base, layers, feeds)
+    except OnnxCompressError as exc:
+        out.note = f"not applicable: {exc}"
+        out.seconds = time.perf_counter() - t0
+        return out
+    m = evaluator.measure(model, with_eval=with_eval)
+    say(f"auto: {stage.name} on all {len(layers)} layers of the {base_name}: {m.as_dict()}")
+    kept = list(layers)
+    if not budget.holds(m):
+        # the damage of each layer alone, then the longest least-damaging prefix that holds
+        alone = {}
+        for n in layers:
+            alone[n] = evaluator.measure(stage.apply(base, [n], feeds), with_eval=False).rel_error
+        gentle = sorted(layers, key=lambda n: (alone[n], n))
+        trials = {}
+
+        def holds(k: int) -> bool:
+            mq = stage.apply(base, gentle[:k], feeds)
+            mk = evaluator.measure(mq, with_eval=with_eval)
+            trials[k] = (mq, mk)
+            say(f"auto: {stage.name} on the {k} least damaging layers of the {base_name}: {mk.as_dict()}")
+            return budget.holds(mk)
+
+        k = longest_passing(len(gentle), holds)
+        kept = gentle[:k]
+        out.given_back = gentle[k:]
+        if k == 0:
+            out.note = "misses the budget with any layer"
+            out.seconds = time.perf_counter() - t0
+            return out
+        model, m = trials[k]
+    out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
+    out.speedup = speed(model)
+    out.seconds = time.perf_counter() - t0
+    say(f"auto: {stage.name} on {len(kept)} layers of the {base_name} times {out.speedup:.3f}x "
+        f"({out.seconds:.0f}s)")
+    return out

@@ -1,0 +1,121 @@
+"""--method auto's whole-model stage INT8 (plan/stages.py): ORT's static quantization of the
+Convs the per-layer plan leaves to ORT, tried on the plan and on the original, kept only where
+the model meets the budget on the validation inputs (checked again here, from outside) and
+times faster. Timings are injected (a cost model, no clock), so nothing here is timed."""
+
+import numpy as np
+import pytest
+
+import modelgen
+from onnxcompress import DOMAIN, InferenceSession
+from onnxcompress.inputs import random_feeds
+from onnxcompress.int8 import conv_names, int8_convs
+from onnxcompress.plan import plan_model
+from onnxcompress.plan.budget import split_feeds
+from onnxcompress.plan.candidates import candidate_list
+from onnxcompress.plan.stages import STAGES, split_kinds
+from onnxcompress.plan.timing import TimingCache
+
+
+class CostTimer:
+    """10 ms, minus `per_int8` ms per INT8 Conv and 1 ms per node of ours."""
+
+    threads = 1
+    runs = 30
+
+    def __init__(self, per_int8=1.0):
+        self.cache = TimingCache(None)
+        self.per_int8 = per_int8
+
+    def time(self, model, key=None, runs=None, threads=None):
+        ours = sum(n.domain == DOMAIN for n in model.graph.node)
+        return 10.0, 10.0 - ours - self.per_int8 * len(int8_convs(model))
+
+
+def _feeds(model, n=32):
+    return random_feeds(model, n // 4, batch=4, seed=3)
+
+
+def _validation_cosine(model, written, feeds, seed=0):
+    _, val, _, _ = split_feeds(feeds, 0.25, seed)
+    a = np.concatenate([InferenceSession(model.SerializeToString()).run(None, f)[0] for f in val]).astype(np.float64)
+    b = np.concatenate([InferenceSession(written.SerializeToString()).run(None, f)[0] for f in val]).astype(np.float64)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(np.mean(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def test_split_kinds_separates_stages():
+    assert split_kinds(None) == (None, list(STAGES))
+    assert split_kinds("penni,int8") == (["penni"], ["int8"])
+    assert split_kinds("int8") == ([], ["int8"])
+
+
+def test_int8_stage_quantizes_every_conv_within_the_budget():
+    model = modelgen.small_resnet()
+    feeds = _feeds(model)
+    result = plan_model(model, feeds, min_cosine=0.9, kinds="int8", timer=CostTimer(), report_threads=(1,))
+    s = result.summary
+    assert s["meets_budget"] and s["plan"] == "int8"
+    assert sorted(int8_convs(result.model)) == sorted(conv_names(model))
+    assert s["layers_replaced"] == len(conv_names(model)) and s["int8_macs"] == s["macs_before"]
+    assert s["speedup"]["1"] > 1.0
+    assert [r["choice"] for r in result.layers] == ["int8"] * len(conv_names(model))
+    # the budget, measured again from outside on the same validation inputs
+    assert _validation_cosine(model, result.model, feeds) >= 0.9
+
+
+def test_int8_stage_is_refused_when_it_misses_the_budget():
+    model = modelgen.small_resnet()
+    result = plan_model(model, _feeds(model), min_cosine=0.999999, kinds="int8", timer=CostTimer(),
+                        report_threads=(1,))
+    assert result.summary["plan"] == "original" and not int8_convs(result.model)
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+    assert any("int8 on the original: misses the budget" in n for n in result.notes)
+
+
+def test_int8_stage_gives_back_layers_until_the_budget_holds():
+    model = modelgen.small_resnet()
+    feeds = _feeds(model)
+    full = plan_model(model, feeds, min_cosine=0.0, kinds="int8", timer=CostTimer(), report_threads=(1,))
+    c_all = full.summary["achieved"]["cosine"]
+    assert c_all < 1.0
+    budget = 1.0 - (1.0 - c_all) / 3  # tighter than INT8 everywhere achieves
+    result = plan_model(model, feeds, min_cosine=budget, kinds="int8", timer=CostTimer(), report_threads=(1,))
+    s = result.summary
+    assert s["meets_budget"]
+    got = int8_convs(result.model)
+    assert len(got) < len(conv_names(model))
+    assert _validation_cosine(model, result.model, feeds) >= budget
+    st = [x for x in s["stages"] if x["base"] == "original"][0]
+    assert len(st["given_back"]) == len(conv_names(model)) - len(got)
+
+
+def test_int8_stage_is_not_kept_when_it_makes_the_model_slower():
+    model = modelgen.small_resnet()
+    result = plan_model(model, _feeds(model), min_cosine=0.5, kinds="int8", timer=CostTimer(per_int8=-1.0),
+                        report_threads=(1,))
+    assert result.summary["plan"] == "original" and not int8_convs(result.model)
+
+
+def test_int8_composes_with_a_per_layer_plan():
+    """falcon on the layers where it pays (cost model: 1 ms per op of ours), INT8 on the rest:
+    the model holds both, runs in ORT, and meets the budget."""
+    model = modelgen.small_resnet()
+    feeds = _feeds(model)
+    result = plan_model(model, feeds, min_cosine=0.9, kinds="falcon,int8", timer=CostTimer(per_int8=0.5),
+                        report_threads=(1,))
+    s = result.summary
+    ours = [n.name for n in result.model.graph.node if n.domain == DOMAIN]
+    assert s["meets_budget"] and ours and int8_convs(result.model)
+    assert set(ours).isdisjoint(int8_convs(result.model))
+    assert s["plan"].endswith("+ int8")
+    assert _validation_cosine(model, result.model, feeds) >= 0.9
+
+
+@pytest.mark.parametrize("bad", ["int9", "penni,nope"])
+def test_unknown_kinds_are_refused(bad):
+    from onnxcompress.errors import OnnxCompressError
+
+    model = modelgen.small_resnet()
+    with pytest.raises(OnnxCompressError, match="unknown candidate kind"):
+        plan_model(model, _feeds(model, 8), kinds=bad, timer=CostTimer())
