@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models._common import ResNet, deadline_from_argv, finish, load_data, setup, train_wsd
 
-SCHEDULES = {0: (829, 829), 1: (775, 775)}  # seed -> (stable_steps, decay_steps)
+SCHEDULES = {0: (1400, 1400), 1: (775, 775)}  # seed -> (stable_steps, decay_steps)
 
 
 def main(seed: int = 0, name: str = "resnet20_fashion", fold_bn: bool = False):
