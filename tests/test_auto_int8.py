@@ -119,3 +119,28 @@ def test_unknown_kinds_are_refused(bad):
     model = modelgen.small_resnet()
     with pytest.raises(OnnxCompressError, match="unknown candidate kind"):
         plan_model(model, _feeds(model, 8), kinds=bad, timer=CostTimer())
+
+
+def test_splice_into_places_our_op_in_a_quantized_model():
+    from onnxcompress.int8 import quantize_convs
+    from onnxcompress.methods import resolve_options
+    from onnxcompress.optimizer import optimize
+    from onnxcompress.plan.planner import _canonical
+    from onnxcompress.plan.splice import replacement_of, splice_into
+
+    model = _canonical(modelgen.small_resnet())
+    feeds = _feeds(model)
+    q = quantize_convs(model, feeds)
+    falcon, _ = optimize(model, "falcon", select="all")
+    layer = next(n for n in conv_names(model) if replacement_of(model, falcon, n) is not None)
+    placed = splice_into(q, model, [replacement_of(model, falcon, layer)])
+    assert layer not in int8_convs(placed) and layer in [n.name for n in placed.graph.node if n.domain == DOMAIN]
+    assert sorted(int8_convs(placed)) == sorted(set(int8_convs(q)) - {layer})
+    read = {t for n in placed.graph.node for t in n.input} | {o.name for o in placed.graph.output}
+    assert all(any(o in read for o in n.output) for n in placed.graph.node)  # no dead DequantizeLinear
+    x = feeds[0]
+    ref = InferenceSession(model.SerializeToString()).run(None, x)[0]
+    got = InferenceSession(placed.SerializeToString()).run(None, x)[0]
+    qout = InferenceSession(q.SerializeToString()).run(None, x)[0]
+    cos = lambda a, b: float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cos(ref, got) > 0.99 and cos(ref, qout) > 0.99

@@ -32,9 +32,9 @@ from ..errors import OnnxCompressError
 from .budget import DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget, split_feeds
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, longest_passing
-from .splice import Replacement, replacement_of, revert, splice
+from .splice import Replacement, replacement_of, revert, splice, splice_into
 from .stages import STAGES, StageOutcome, run_stage, split_kinds
-from .timing import ModelTimer, TimingCache
+from .timing import ModelTimer, TimingCache, rebased
 
 log = logging.getLogger("onnxcompress")
 
@@ -135,6 +135,34 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     macs = {c.name: c.macs for c in analyse_convs(canon)}
 
+    # ---------------------------------------------------------------- 1b. whole-model stages on the original
+    # INT8 on every Conv (plan/stages.py), tried first: where it meets the budget and pays, it is the
+    # model to beat, and every per-layer candidate is timed in it (placed into the quantized model in
+    # the layer's stead) rather than in the fp32 original: a layer of ours pays where it is faster
+    # than the INT8 layer it replaces, and candidates that are not are never fitted properly.
+    stage_outcomes: list[StageOutcome] = []
+
+    def stage_speed(m: onnx.ModelProto) -> float:
+        ref_ms, cand_ms = timer.time(m, key=None, runs=final_runs)
+        return ref_ms / cand_ms
+
+    base_stage: StageOutcome | None = None
+    for sname in stage_names:
+        o = run_stage(STAGES[sname], "original", canon, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
+                      restrict=set(targets))
+        stage_outcomes.append(o)
+        if o.meets_budget and o.speedup > max(base_stage.speedup if base_stage else 1.0, 1.0 + MIN_SAVED_FRACTION):
+            base_stage = o
+    base_model = base_stage.model if base_stage is not None else canon
+    btimer = rebased(timer, base_model) if base_stage is not None else timer
+
+    def place(reps: list[Replacement]) -> onnx.ModelProto:
+        return splice_into(base_model, canon, reps) if base_stage is not None else splice(canon, reps)
+
+    if base_stage is not None:
+        say(f"auto: {base_stage.stage} on {len(base_stage.layers)} layers of the original times "
+            f"{base_stage.speedup:.3f}x within the budget: per-layer candidates are timed against it")
+
     # ---------------------------------------------------------------- 2-3. per setting: time, fit, measure
     # A candidate's time depends on its setting (d, sparsity, codebooks), not on how well it is
     # fitted: each setting is first fitted cheaply (the kind's `quick` options) to time every layer
@@ -168,10 +196,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 results[n][c.label] = LayerResult(c.label, f"not eligible: {reason}")
                 continue
             quick_reps[(n, c.label)] = rep
-            alone = _finish(splice(canon, [rep]), [])
-            ref_ms, cand_ms = timer.time(alone, key=f"{n}|{c.label}")
+            alone = _finish(place([rep]), [])
+            ref_ms, cand_ms = btimer.time(alone, key=f"{n}|{c.label}")
             if ref_ms - cand_ms > MIN_SAVED_FRACTION * ref_ms:  # confirmed by three times the runs
-                ref_ms, cand_ms = timer.time(alone, key=f"{n}|{c.label}|confirm", runs=3 * timer.runs)
+                ref_ms, cand_ms = btimer.time(alone, key=f"{n}|{c.label}|confirm", runs=3 * btimer.runs)
             ref_times.append(ref_ms)
             r = LayerResult(c.label, "does not save time in the model", round(ref_ms - cand_ms, 5),
                             round(ref_ms, 5), round(cand_ms, 5))
@@ -230,8 +258,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # until the budget holds; such a plan replaces the path's when it saves more, timed as a whole.
     # compared as speedups: the machine's load moves the reference time between timings
     def saving_of(plan: dict[str, Measured], reps_of) -> float:
-        ref_ms, cand_ms = timer.time(_finish(splice(canon, [reps_of[(n, m.label)] for n, m in plan.items()]), []),
-                                     key=None)
+        ref_ms, cand_ms = btimer.time(_finish(place([reps_of[(n, m.label)] for n, m in plan.items()]), []),
+                                      key=None)
         return ref_ms / cand_ms
 
     best_saving = saving_of(chosen, replacements) if chosen else 1.0
@@ -240,8 +268,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         eligible = [n for n in targets if (n, c.label) in quick_reps]
         if len(eligible) < 2:
             continue
-        ref_ms, cand_ms = timer.time(_finish(splice(canon, [quick_reps[(n, c.label)] for n in eligible]), []),
-                                     key=f"all|{c.label}")
+        ref_ms, cand_ms = btimer.time(_finish(place([quick_reps[(n, c.label)] for n in eligible]), []),
+                                      key=f"all|{c.label}")
         wholes.append((ref_ms / cand_ms, c, eligible))
     timer.cache.save()
     for saved_all, c, eligible in sorted(wholes, key=lambda w: -w[0])[:WHOLE_SETTINGS_TRIED]:
@@ -351,7 +379,12 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     def final_of(kept: set[str]):
         key = frozenset(kept)
         if key not in finals:
-            out = _finish(revert(candidate_model, canon, set(chosen) - kept), list(finishing.values()))
+            fp32 = revert(candidate_model, canon, set(chosen) - kept)
+            if base_stage is None:
+                out = _finish(fp32, list(finishing.values()))
+            else:  # the layers of ours placed into the quantized model (finishing passes not run)
+                reps = [replacement_of(canon, fp32, n) for n in sorted(kept)]
+                out = _finish(place([r for r in reps if r is not None]), [])
             finals[key] = (out, evaluator.measure(out, with_eval=with_eval))
         return finals[key]
 
@@ -361,9 +394,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     def speed(kept: set[str]) -> float:
         key = frozenset(kept)
         if key not in speedups:
-            ref_ms, cand_ms = timer.time(final_of(kept)[0], key=None, runs=final_runs)
+            ref_ms, cand_ms = btimer.time(final_of(kept)[0], key=None, runs=final_runs)
             speedups[key] = ref_ms / cand_ms
-            say(f"auto: the model with {len(kept)} layers replaced times {speedups[key]:.3f}x at "
+            against = f" against {base_stage.stage} on the original" if base_stage is not None else ""
+            say(f"auto: the model with {len(kept)} layers replaced times {speedups[key]:.3f}x{against} at "
                 f"{timer.threads} thread(s)")
         return speedups[key]
 
@@ -378,6 +412,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                       "replaced layers (slower than the original); it saved least")
     if kept:
         final, final_m = final_of(kept)
+    elif base_stage is not None:
+        final, final_m = base_model, base_stage.measurement
+        notes.append(f"no per-layer candidate is faster than {base_stage.stage} on the original within the budget: "
+                     f"{base_stage.stage} on {len(base_stage.layers)} Conv(s) is written")
     else:
         final = canon
         final_m = evaluator.measure(canon, with_eval=with_eval)
@@ -393,41 +431,39 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     chosen = {n: chosen[n] for n in kept}
 
     # ---------------------------------------------------------------- 7. whole-model stages (INT8)
-    # Each stage on every Conv the plan left to ORT, and on the original alone; the fastest
-    # model within the budget, timed as written, is kept (plan/stages.py).
-    final_speed = speedups.get(frozenset(kept)) if kept else 1.0
-    stage_outcomes: list[StageOutcome] = []
+    # With a stage as the base, the layers it covers that the plan did not take stay in it. Otherwise
+    # each stage on every Conv the plan left to ORT; kept where the result is the fastest model within
+    # the budget, timed as written (plan/stages.py).
     staged: dict[str, str] = {}  # layer -> stage
-    winner: StageOutcome | None = None
-
-    def stage_speed(m: onnx.ModelProto) -> float:
-        ref_ms, cand_ms = timer.time(m, key=None, runs=final_runs)
-        return ref_ms / cand_ms
-
-    for sname in stage_names:
-        bases = ([("plan", final)] if kept else []) + [("original", canon)]
-        for bname, bmodel in bases:
-            o = run_stage(STAGES[sname], bname, bmodel, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
+    if base_stage is not None:
+        if kept:
+            ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
+            final_speed = ref_ms / cand_ms
+            notes.append(f"{len(kept)} layer(s) of ours in the {base_stage.stage} model: "
+                         f"{speedups[frozenset(kept)]:.3f}x against {base_stage.stage} alone")
+        else:
+            final_speed = base_stage.speedup
+        staged = {n: base_stage.stage for n in base_stage.layers if n not in kept}
+        plan_kind = (plan_kind + " + " if kept else "") + base_stage.stage
+    else:
+        final_speed = speedups.get(frozenset(kept)) if kept else 1.0
+        winner: StageOutcome | None = None
+        for sname in stage_names if kept else []:
+            o = run_stage(STAGES[sname], "plan", final, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
                           restrict=set(targets))
             stage_outcomes.append(o)
             best_so_far = winner.speedup if winner is not None else final_speed
             if o.meets_budget and o.speedup > max(best_so_far, 1.0 + MIN_SAVED_FRACTION):
                 winner = o
-    if winner is not None:
-        plan_before = final_speed
-        final, final_m, final_speed = winner.model, winner.measurement, winner.speedup
-        staged = {n: winner.stage for n in winner.layers}
-        if winner.base == "original":
-            for n in kept:
-                why_not[n] = (f"given back: {winner.stage} on the original ({winner.speedup:.3f}x) is faster than "
-                              f"the per-layer plan with it ({plan_before:.3f}x)")
-            kept, chosen = set(), {}
-        notes[:] = [x for x in notes if "canonicalised original is written" not in x]
-        notes.append(f"{winner.stage} on {len(winner.layers)} Conv(s) of the {winner.base} times "
-                     f"{winner.speedup:.3f}x within the budget (the per-layer plan alone: {plan_before:.3f}x)")
-        plan_kind = (plan_kind + " + " if kept else "") + winner.stage
+        if winner is not None:
+            plan_before = final_speed
+            final, final_m, final_speed = winner.model, winner.measurement, winner.speedup
+            staged = {n: winner.stage for n in winner.layers}
+            notes.append(f"{winner.stage} on {len(winner.layers)} Conv(s) of the plan times {winner.speedup:.3f}x "
+                         f"within the budget (the per-layer plan alone: {plan_before:.3f}x)")
+            plan_kind = plan_kind + " + " + winner.stage
     for o in stage_outcomes:
-        if o is not winner and o.note:
+        if o.note:
             notes.append(f"{o.stage} on the {o.base}: {o.note}")
 
     # ---------------------------------------------------------------- report

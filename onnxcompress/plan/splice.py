@@ -163,3 +163,66 @@ def revert(model: onnx.ModelProto, original: onnx.ModelProto, layers) -> onnx.Mo
     wanted = {t for name in layers for t in orig[name].input}
     inits = [_copy(t) for t in original.graph.initializer if t.name in wanted]
     return _with_nodes(model, nodes, inits)
+
+
+def _dead_nodes_removed(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` without those none of whose outputs is read (repeatedly: chains of them)."""
+    nodes = list(nodes)
+    while True:
+        read = {t for n in nodes for t in n.input} | outputs
+        kept = [n for n in nodes if any(o in read for o in n.output if o)]
+        if len(kept) == len(nodes):
+            return nodes
+        nodes = kept
+
+
+def splice_into(base: onnx.ModelProto, original: onnx.ModelProto, replacements: list[Replacement]) -> onnx.ModelProto:
+    """`base` (a transform of `original` that keeps each replaced layer as a Conv node of the same
+    name, such as ORT's QDQ quantization of it) with each replacement's layer replaced. The
+    replacement reads what `base`'s Conv reads as its activation and writes what it writes: in a
+    QDQ model, the dequantized input and the tensor the output QuantizeLinear reads, whose u8
+    range also does what a removed Relu did. Nodes left without readers (the weights'
+    DequantizeLinear) are removed."""
+    orig = {n.name: n for n in original.graph.node}
+    nodes = {n.name: n for n in base.graph.node}
+    targets = {r.layer for r in replacements}
+    if len(targets) != len(replacements):
+        raise OnnxCompressError("two replacements for one layer")
+    for layer in targets:
+        if layer not in orig or layer not in nodes or nodes[layer].op_type != "Conv" \
+                or orig[layer].op_type != "Conv":
+            raise OnnxCompressError(f"'{layer}' is no Conv node of both models: cannot place its replacement")
+    kept = [n for n in base.graph.node if n.name not in targets]
+    taken = {n.name for n in kept}
+    inits = []
+    # the original's initializers a replacement reads (fp32 weights, biases) that `base` has not kept
+    # as initializers: copied under a fresh name where `base` computes a tensor of that name (the
+    # output of a DequantizeLinear), since our ops take weights as constants
+    base_inits = {t.name for t in base.graph.initializer}
+    base_tensors = {o for n in base.graph.node for o in n.output} | base_inits
+    orig_inits = {t.name: t for t in original.graph.initializer}
+    borrowed: dict[str, str] = {}
+    for r in replacements:
+        rename = {orig[r.layer].input[0]: nodes[r.layer].input[0], orig[r.layer].output[0]: nodes[r.layer].output[0]}
+        for n in r.nodes:
+            if n.name in taken:
+                raise OnnxCompressError(f"replacement of '{r.layer}': node name '{n.name}' is taken")
+            taken.add(n.name)
+            c = _copy(n)
+            for i, t in enumerate(c.input):
+                if t in rename:
+                    c.input[i] = rename[t]
+                elif t in orig_inits and t not in base_inits:
+                    if t not in borrowed:
+                        fresh = t if t not in base_tensors else f"{t}__fp32"
+                        copy = _copy(orig_inits[t])
+                        copy.name = fresh
+                        inits.append(copy)
+                        borrowed[t] = fresh
+                    c.input[i] = borrowed[t]
+            for i, t in enumerate(c.output):
+                c.output[i] = rename.get(t, t)
+            kept.append(c)
+        inits.extend(r.initializers)
+    kept = _dead_nodes_removed(kept, {o.name for o in base.graph.output})
+    return _with_nodes(base, kept, inits)

@@ -102,6 +102,11 @@ class ModelTimer:
         self.prefix = f"{model_digest(reference)}|t{threads}|{cpu_name()}|ort{onnxruntime.__version__}"
         self.measured = 0
 
+    def rebased(self, reference: onnx.ModelProto) -> "ModelTimer":
+        """The same timer (feed, threads, runs, cache) against another reference model."""
+        return ModelTimer(reference, self.feed, threads=self.threads, cache=self.cache, runs=self.runs,
+                          warmup=self.warmup)
+
     def time(self, candidate: onnx.ModelProto, key: str | None = None, runs: int | None = None,
              threads: int | None = None) -> tuple[float, float]:
         from ..layer_timing import time_models
@@ -118,3 +123,22 @@ class ModelTimer:
         if full is not None:
             self.cache.put(full, {"reference_ms": round(t.reference_ms, 5), "candidate_ms": round(t.candidate_ms, 5)})
         return t.reference_ms, t.candidate_ms
+
+
+class RelativeTimer:
+    """Times against `reference` with a timer that knows another reference (an injected one,
+    without `rebased`): (its time of `reference`, its time of the candidate)."""
+
+    def __init__(self, timer, reference: onnx.ModelProto):
+        self.timer, self.reference = timer, reference
+        self.threads, self.runs, self.cache = timer.threads, timer.runs, timer.cache
+
+    def time(self, candidate, key=None, runs=None, threads=None):
+        base = self.timer.time(self.reference, key=None if key is None else f"base|{key}", runs=runs, threads=threads)
+        cand = self.timer.time(candidate, key=key, runs=runs, threads=threads)
+        return base[1], cand[1]
+
+
+def rebased(timer, reference: onnx.ModelProto):
+    """`timer` against `reference` instead of its own."""
+    return timer.rebased(reference) if hasattr(timer, "rebased") else RelativeTimer(timer, reference)
