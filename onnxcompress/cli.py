@@ -90,6 +90,22 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise OnnxCompressError(f"{what} takes comma-separated numbers (e.g. 0.5,0.5,0.5), got '{text}'") from None
 
 
+class _MethodChoice(click.Choice):
+    """--method: the methods registered when the command runs (a technique registered after this
+    module was imported is a choice too)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return sorted(METHODS)
+
+    @choices.setter
+    def choices(self, _value):  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
 def _method_options(command):
     """Adds every technique's options (onnxcompress.methods) to `command`."""
     from .methods import all_options
@@ -108,7 +124,7 @@ def _method_options(command):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
-@click.option("--method", type=click.Choice(sorted(METHODS)),
+@click.option("--method", type=_MethodChoice(),
               default="auto", show_default=True,
               help="The technique (see README). auto (needs --calib) plans every Conv across the techniques: the "
                    "fastest model, as measured, within a budget measured on calibration inputs held out of the "

@@ -82,6 +82,32 @@ def chosen_layers(ctx, graph: gs.Graph):
     return lambda node: "" if node.name in names else LAYERS_EXCLUDED
 
 
+def eligible_layers(graph: gs.Graph, ctx, allow_dynamic: bool, check=None):
+    """The standard-domain Conv nodes of `graph` (in its order) a rewriting pass may take:
+    (layers, skipped, order). layers: a techniques.Layer for each Conv among the chosen layers
+    (ctx "layers") with constant float32 2-D weights for which check(layer) (a technique's
+    applies_to) gives no reason; skipped: name -> LayerRecord with the reason for the others;
+    order: every Conv's name."""
+    from ..techniques.base import Layer
+    from .base import LayerRecord
+
+    excluded = chosen_layers(ctx, graph)
+    layers, skipped, order = [], {}, []
+    for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
+        order.append(node.name)
+        reason, layer = excluded(node), None
+        if not reason:
+            constants, reason = conv_constants(node, allow_dynamic)
+        if not reason:
+            layer = Layer(node, constants[0], constants[1], index=len(layers))
+            reason = (check(layer) if check is not None else None) or ""
+        if reason:
+            skipped[node.name] = LayerRecord(node.name, "Conv", "skipped", reason)
+        else:
+            layers.append(layer)
+    return layers, skipped, order
+
+
 def reference_model(model, ctx):
     """The model whose outputs the pass fits its layers to (ctx "reference_model", else `model`)."""
     ref = ctx.options.get("reference_model")
