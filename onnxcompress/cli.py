@@ -222,9 +222,12 @@ def _print_report(report):
                f"{t['initializer_bytes_after']:,}")
     if t.get("other_rewritten"):
         click.echo(f"also rewritten: {t['other_rewritten']} non-Conv node(s) (the classifier)")
-    if "conv_macs_on_nonzero_inputs" in t:
-        click.echo(f"MACs on non-zero inputs (what skipping leaves): {t['conv_macs_on_nonzero_inputs']:,} "
-                   f"({t['conv_macs_on_nonzero_inputs'] / max(t['conv_macs'], 1):.1%})")
+    work = t.get("work_after")
+    if work:  # counted by the technique (falcon: what skipping zero inputs leaves)
+        extra = ", ".join(f"{work[k]:,} {k}" for k in ("additions", "lookups", "comparisons") if work.get(k))
+        click.echo(f"Conv work after, as the technique counts it ({work.get('note') or 'MACs'}): "
+                   f"{work['macs']:,} MACs ({work['macs'] / max(t['conv_macs'], 1):.1%})"
+                   + (f", {extra}" if extra else ""))
     for note in report.notes:
         click.echo(f"note: {note}")
     if report.warnings:

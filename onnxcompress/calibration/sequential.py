@@ -27,7 +27,7 @@ from .capture import LayerCapture, conv_io_batches
 from .moments import ConvMoments, RowSampler
 from .refit import conv_layer_moments
 
-__all__ = ["LayerData", "RowBudget", "calibration_batches", "fit_in_sequence"]
+__all__ = ["LayerData", "RowBudget", "calibration_batches", "fit_in_sequence", "layer_data"]
 
 MERGED_BATCH = 32
 

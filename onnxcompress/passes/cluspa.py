@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ..calibration import LayerCapture, conv_attrs

@@ -108,6 +108,31 @@ def eligible_layers(graph: gs.Graph, ctx, allow_dynamic: bool, check=None):
     return layers, skipped, order
 
 
+def build_into(model, technique, fits: dict, layers: dict, opts: dict):
+    """(`model` with each layer named in `fits` replaced by technique.build of its fit, {name: the
+    nodes built}). layers: name -> techniques.Layer (weights and extra; the node is looked up in
+    `model`'s graph, by name, among the standard-domain nodes)."""
+    from ..graph import to_graph, to_model
+    from ..techniques.base import Layer
+
+    graph = to_graph(model)
+    nodes = {n.name: n for n in graph.nodes if not n.domain and n.name in fits}
+    built = {}
+    for name, fitted in fits.items():
+        if name not in nodes:
+            raise OnnxCompressError(f"{technique.name}: no node '{name}' left to replace")
+        layer = layers[name]
+        new = technique.build(Layer(nodes[name], layer.weight, layer.bias, layer.index, layer.extra), fitted,
+                              graph, opts)
+        if not any(n.name == name for n in new):
+            raise OnnxCompressError(f"technique {technique.name}: build() must give one node the layer's name "
+                                    f"'{name}' (layers are found by name)")
+        graph.nodes.extend(new)
+        built[name] = new
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return to_model(graph, model), built
+
+
 def reference_model(model, ctx):
     """The model whose outputs the pass fits its layers to (ctx "reference_model", else `model`)."""
     ref = ctx.options.get("reference_model")

@@ -19,10 +19,10 @@ import onnx_graphsurgeon as gs
 
 from .. import DOMAIN
 from ..errors import OnnxCompressError
-from ..graph import to_graph, to_model
+from ..graph import to_graph
 from ..techniques.base import Layer
 from ..techniques.falcon import TECHNIQUE, sparse_input_attrs
-from .conv_rewrite import CONV_ATTRS, eligible_layers
+from .conv_rewrite import CONV_ATTRS, build_into, eligible_layers
 from .name_nodes import require_unique_names
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
@@ -83,11 +83,8 @@ class FalconRewrite(Pass):
 
     def _rewrite(self, model: onnx.ModelProto, chosen: set[str]) -> onnx.ModelProto:
         """`model` with the Conv nodes named in `chosen` replaced by SparseInputConv."""
-        graph = to_graph(model)
-        for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain and n.name in chosen]:
-            graph.nodes.extend(TECHNIQUE.build(Layer(node, None, None), None, graph, self.opts))
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return to_model(graph, model)
+        return build_into(model, TECHNIQUE, dict.fromkeys(chosen), {n: Layer(None, None, None) for n in chosen},
+                          self.opts)[0]
 
     def _model_speedup(self, model: onnx.ModelProto, chosen: set[str], feed: dict) -> float:
         """End-to-end speedup of the model with `chosen` rewritten (activations fused), on one input."""

@@ -20,11 +20,8 @@ stage alone costs as much as the original.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from ..analysis import analyse_convs
 from ..calibration import LayerCapture, conv_attrs
@@ -32,14 +29,14 @@ from ..calibration.sequential import RowBudget, calibration_batches, fit_in_sequ
 from ..errors import OnnxCompressError
 from ..fitting import allocation
 from ..fitting import penni as fit
-from ..graph import to_graph, to_model
+from ..graph import to_graph
 from ..techniques.base import Layer
 from ..techniques.penni import TECHNIQUE
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import eligible_layers, fits_independently, reference_model
+from .conv_rewrite import build_into, eligible_layers, fits_independently, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -181,16 +178,10 @@ class PenniRewrite(Pass):
             return result
 
         def replace(current, name, result):
-            layer = by_name[name]
-            g = to_graph(current)
-            node = next(n for n in g.nodes if n.name == name and n.op == "Conv" and not n.domain)
-            new = TECHNIQUE.build(Layer(node, layer.weight, layer.bias, layer.index, layer.extra), result, g,
-                                  self.opts)
-            g.nodes.extend(new)
-            records[name] = LayerRecord(name, "+".join(n.op for n in new), "rewritten",
-                                        details=layer.extra["details"])
-            g.cleanup(remove_unused_graph_inputs=False).toposort()
-            return to_model(g, current)
+            current, built = build_into(current, TECHNIQUE, {name: result}, by_name, self.opts)
+            records[name] = LayerRecord(name, "+".join(n.op for n in built[name]), "rewritten",
+                                        details=by_name[name].extra["details"])
+            return current
 
         names = [layer.name for layer in layers]
         if merged:

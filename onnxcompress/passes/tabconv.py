@@ -39,14 +39,14 @@ from ..calibration.capture import LayerCapture
 from ..calibration.sequential import RowBudget, calibration_batches, fit_in_sequence
 from ..errors import OnnxCompressError
 from ..fitting import tabconv as tc
-from ..graph import constant_value, is_omitted, to_graph, to_model
+from ..graph import constant_value, is_omitted, to_graph
 from ..techniques.base import Layer
 from ..techniques.tabconv import TECHNIQUE, describe, lut_classifier_nodes, lut_layer_node
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import eligible_layers, fits_independently, reference_model
+from .conv_rewrite import build_into, eligible_layers, fits_independently, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -156,13 +156,7 @@ def residual_blocks(graph: gs.Graph) -> dict[str, str]:
 
 def _replace(model: onnx.ModelProto, fits: dict[str, list[tc.LutFit]], layers: dict[str, Layer]) -> onnx.ModelProto:
     """`model` with the Conv nodes (and the classifier) named in `fits` replaced by LutConv."""
-    graph = to_graph(model)
-    for node in [n for n in graph.nodes if n.name in fits and not n.domain and n.op in ("Conv", "Gemm", "MatMul")]:
-        layer = layers[node.name]
-        graph.nodes.extend(TECHNIQUE.build(Layer(node, layer.weight, layer.bias, layer.index, layer.extra),
-                                           fits[node.name], graph, {}))
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return to_model(graph, model)
+    return build_into(model, TECHNIQUE, fits, layers, {})[0]
 
 
 def _outputs(capture: LayerCapture, feeds, name: str) -> np.ndarray:

@@ -18,13 +18,13 @@ import onnx
 
 from ..calibration.sequential import RowBudget, calibration_batches, fit_in_sequence
 from ..errors import OnnxCompressError
-from ..graph import to_graph, to_model
-from ..techniques.base import Layer, Technique
+from ..graph import to_graph
+from ..techniques.base import Technique
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import eligible_layers, fits_independently, reference_model
+from .conv_rewrite import build_into, eligible_layers, fits_independently, reference_model
 from .name_nodes import require_unique_names
 
 
@@ -53,18 +53,10 @@ class TechniqueRewrite(Pass):
         by_name = {layer.name: layer for layer in layers}
 
         def replace(current: onnx.ModelProto, name: str, fitted) -> onnx.ModelProto:
-            layer = by_name[name]
-            g = to_graph(current)
-            node = next(n for n in g.nodes if n.name == name and n.op == "Conv" and not n.domain)
-            new = t.build(Layer(node, layer.weight, layer.bias, layer.index, layer.extra), fitted, g, opts)
-            if not new or new[-1].name != name:
-                raise OnnxCompressError(f"technique {t.name}: build() must end with a node named '{name}' "
-                                        "taking over the layer's outputs")
-            g.nodes.extend(new)
-            records[name] = LayerRecord(name, "+".join(n.op for n in new), "rewritten",
-                                        details=t.details(layer, fitted, opts))
-            g.cleanup(remove_unused_graph_inputs=False).toposort()
-            return to_model(g, current)
+            current, built = build_into(current, t, {name: fitted}, by_name, opts)
+            records[name] = LayerRecord(name, "+".join(n.op for n in built[name]), "rewritten",
+                                        details=t.details(by_name[name], fitted, opts))
+            return current
 
         batches = calibration_batches(feeds, model) if not opts.get("data_free") else []
         if batches:

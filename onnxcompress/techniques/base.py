@@ -14,7 +14,8 @@ says why it does not apply, then a rewrite) driven by a pass:
   numpy, by the functions of onnxcompress.fitting), `batches` being the
   layer's captured (input, target output) pairs or None when it fits without
   data; `build(layer, fitted, graph, opts)` -> the nodes replacing the layer
-  (their constants as gs.Constant inputs); `details(layer, fitted, opts)` ->
+  (their constants as gs.Constant inputs; one named like the layer, which is
+  found by name; together they take over the layer's outputs); `details(layer, fitted, opts)` ->
   what the report says of the layer; `count(details, macs)` -> the work left
   (MACs, additions, lookups, comparisons, bytes);
 - the passes it runs (`passes(opts)`; default: one `TechniqueRewrite`, which
@@ -139,7 +140,8 @@ class Technique:
         raise NotImplementedError(f"technique {self.name} does not fit single layers")
 
     def build(self, layer: Layer, fitted: Any, graph, opts: dict[str, Any]) -> list:
-        """The gs.Nodes replacing `layer` (the last one named like it, taking over its outputs)."""
+        """The gs.Nodes replacing `layer`: one of them named like it (layers are found by name), and
+        together they take over its outputs (passes.conv_rewrite.make_custom_conv does both)."""
         raise NotImplementedError(f"technique {self.name} does not build single layers")
 
     def details(self, layer: Layer, fitted: Any, opts: dict[str, Any]) -> dict[str, Any]:

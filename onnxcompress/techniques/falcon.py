@@ -91,8 +91,8 @@ class Falcon(Technique):
                 "threshold": threshold}
 
     def count(self, details, macs) -> Work:
-        z = details.get("input_zero_fraction")
-        return Work(macs=int(macs * (1 - z)) if z is not None else macs, note="MACs on non-zero inputs")
+        z = details.get("input_zero_fraction")  # measured on calibration inputs; unknown without
+        return Work(macs=None if z is None else int(macs * (1 - z)), note="MACs on non-zero inputs")
 
     def label(self, opts):
         return "falcon"

@@ -265,8 +265,10 @@ class TabConv(Technique):
         return details
 
     def count(self, details, macs) -> Work:
-        w = details.get("work") or {}
+        w = details.get("work")
         stored = details.get("table_bytes")
+        if not w:  # the layer's output size is unknown (symbolic shapes): not counted
+            return Work(macs=None, bytes=None if stored is None else stored + details.get("encoder_bytes", 0))
         return Work(macs=w.get("encoder_macs", 0) + w.get("dequant_mults", 0), additions=w.get("additions"),
                     lookups=w.get("lookups"), comparisons=w.get("encoder_comparisons"),
                     bytes=None if stored is None else stored + details.get("encoder_bytes", 0))
