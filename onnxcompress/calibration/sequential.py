@@ -90,19 +90,20 @@ class LayerData:
         return conv_layer_moments(weight_shape, attrs, self, row_budget=self.row_budget, seed=self.seed)
 
 
-def layer_data(reference, name: str, batches: Sequence, budget: RowBudget, index: int = 0,
-               inputs=None) -> LayerData:
-    """LayerData of `name` with targets (and, without `inputs`, inputs too) from `reference`."""
+def layer_data(reference, name: str, batches: Sequence, budget: RowBudget, index: int = 0) -> LayerData:
+    """LayerData of `name` with inputs and targets from `reference` (a model or a LayerCapture): what
+    a model-wide allocation measures on the original model before the sequential fit."""
     ref = reference if isinstance(reference, LayerCapture) else LayerCapture(reference)
-    cur = None if inputs is None else inputs if isinstance(inputs, LayerCapture) else LayerCapture(inputs)
-    return LayerData(name, batches, ref, cur, budget, index)
+    return LayerData(name, batches, ref, None, budget, index)
 
 
-def fit_in_sequence(model: onnx.ModelProto, names: Sequence[str], batches: Sequence, budget: RowBudget,
-                    fit: Callable[[int, str, LayerData], Any], replace: Callable[[onnx.ModelProto, str, Any],
-                                                                             onnx.ModelProto] | None,
-                    *, reference: onnx.ModelProto | None = None, independent: bool = False,
-                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+Fit = Callable[[int, str, LayerData], Any]                          # (index, name, data) -> fit or None
+Replace = Callable[[onnx.ModelProto, str, Any], onnx.ModelProto]    # (model, name, fit) -> model
+
+
+def fit_in_sequence(model: onnx.ModelProto, names: Sequence[str], batches: Sequence, budget: RowBudget, fit: Fit,
+                    replace: Replace | None, *, reference: onnx.ModelProto | None = None,
+                    independent: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Fits the layers `names` (graph order) one after the other.
 
     fit(index, name, data) -> the fit, or None to leave the layer as it is; replace(model, name,

@@ -229,10 +229,10 @@ class TabConvRewrite(Pass):
         return fits
 
     # ------------------------------------------------------------ masking
-    def _cosine_with(self, model, fits, subset, feeds, out_name, reference) -> float:
+    def _cosine_with(self, model, cands, fits, subset, feeds, out_name, reference) -> float:
         if not subset:
             return 1.0
-        cap = LayerCapture(_replace(model, {n: fits[n] for n in subset}, self._cands))
+        cap = LayerCapture(_replace(model, {n: fits[n] for n in subset}, cands))
         return model_output_cosine(reference, _outputs(cap, feeds, out_name))
 
     def _units(self, graph: gs.Graph, candidates: list[str]) -> dict[str, list[str]]:
@@ -286,7 +286,6 @@ class TabConvRewrite(Pass):
         conv_layers, records, _ = eligible_layers(graph, ctx, self.allow_dynamic,
                                                   lambda layer: TECHNIQUE.applies_to(layer, graph, self.opts))
         cands: dict[str, Layer] = {layer.name: layer for layer in conv_layers}
-        self._cands = cands
         fc_name = None
         if self.classifier:
             cand = self._classifier_candidate(model, graph, records, ctx.notes)
@@ -315,9 +314,10 @@ class TabConvRewrite(Pass):
 
         # Priority: the model's output cosine with each unit (layer or block) approximated alone.
         units = self._units(graph, candidates)
-        alone = {u: self._cosine_with(model, fits, names, feeds, out_name, reference) for u, names in units.items()}
+        alone = {u: self._cosine_with(model, cands, fits, names, feeds, out_name, reference)
+                 for u, names in units.items()}
         order = sorted(units, key=lambda u: alone[u])  # most harmful first
-        all_cos = self._cosine_with(model, fits, candidates, feeds, out_name, reference)
+        all_cos = self._cosine_with(model, cands, fits, candidates, feeds, out_name, reference)
 
         def layers_of(unit_labels):
             return [n for u in unit_labels for n in units[u]]
@@ -329,7 +329,7 @@ class TabConvRewrite(Pass):
             lo, hi = 1, len(order)  # smallest count of kept units reaching the target
             while lo < hi:
                 mid = (lo + hi) // 2
-                if self._cosine_with(model, fits, layers_of(order[mid:]), feeds, out_name,
+                if self._cosine_with(model, cands, fits, layers_of(order[mid:]), feeds, out_name,
                                      reference) >= self.min_cosine:
                     hi = mid
                 else:
@@ -337,12 +337,12 @@ class TabConvRewrite(Pass):
             kept_units = order[:lo]
         kept = layers_of(kept_units)
         chosen = [n for n in candidates if n not in kept]
-        final_cos = all_cos if not kept else self._cosine_with(model, fits, chosen, feeds, out_name, reference)
+        final_cos = all_cos if not kept else self._cosine_with(model, cands, fits, chosen, feeds, out_name, reference)
         first_fits = dict(fits)
         if masking and chosen and self.refit:
             for _attempt in range(4):
                 fits = {**first_fits, **self._fit_sequential(model, chosen, cands, feeds, reference=reference_proto)}
-                final_cos = self._cosine_with(model, fits, chosen, feeds, out_name, reference)
+                final_cos = self._cosine_with(model, cands, fits, chosen, feeds, out_name, reference)
                 if self.min_cosine is None or final_cos >= self.min_cosine or not chosen:
                     break
                 # the refit moved the output: keep one more unit exact and refit again
@@ -401,7 +401,8 @@ class TabConvRewrite(Pass):
                 details["mask_unit"] = unit_of[name]
             if name in kept:
                 what = f"{unit_of[name]} " if self.mask_unit == "block" and unit_of[name] != name else ""
-                ctx.layers.append(LayerRecord(name, cand.extra["op"], "skipped", f"kept exact by priority masking ({what}"
+                ctx.layers.append(LayerRecord(name, cand.extra["op"], "skipped",
+                                              f"kept exact by priority masking ({what}"
                                               f"model output cosine {alone[unit_of[name]]:.4f} with it approximated "
                                               "alone)", details))
             else:
