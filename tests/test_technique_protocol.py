@@ -238,3 +238,50 @@ def test_the_library_has_a_kernel_for_every_op_a_technique_owns():
     for spec in techniques.all_ops():
         message = _session_error(spec.name)
         assert message and unknown not in message, (spec.name, message)
+
+
+def test_the_shared_loop_feeds_each_layer_the_model_as_compressed_so_far():
+    """fit_in_sequence: sequential inputs see the layers replaced before; independent ones and the
+    targets do not; a fit of None leaves its layer alone."""
+    from onnxcompress.calibration.sequential import calibration_batches, fit_in_sequence
+    from onnxcompress.plan.planner import _canonical
+
+    model = _canonical(modelgen.small_resnet())
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    names = [n.name for n in convs[:3]]
+    batches = calibration_batches(random_feeds(model, 3, batch=4, seed=2), model)
+    assert len(batches) == 1 and next(iter(batches[0].values())).shape[0] == 12
+
+    def zero_weights(current, name, fitted):  # the layer's weights become 0: its output is its bias
+        current = onnx.ModelProto.FromString(current.SerializeToString())
+        weight = next(n for n in current.graph.node if n.name == name).input[1]
+        tensor = next(t for t in current.graph.initializer if t.name == weight)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros_like(onnx.numpy_helper.to_array(tensor)), weight))
+        return current
+
+    def run(independent, skip=()):
+        seen = {}
+
+        def fit(index, name, data):
+            seen[name] = [(x.copy(), y.copy()) for x, y in data][0]
+            return None if name in skip else "fitted"
+
+        out, fits = fit_in_sequence(model, names, batches, RowBudget(100), fit, zero_weights,
+                                    independent=independent)
+        return seen, out, fits
+
+    seq, out, fits = run(False)
+    ind, _, _ = run(True)
+    assert list(fits) == names
+    # layer 2's input is relu(layer 1's output): constant per channel once layer 1 is zeroed
+    x2 = seq[names[1]][0]
+    assert np.allclose(x2, x2[:, :, :1, :1]) and not np.allclose(ind[names[1]][0], x2)
+    for name in names:  # targets: the original model's outputs either way
+        np.testing.assert_allclose(seq[name][1], ind[name][1])
+    np.testing.assert_allclose(seq[names[0]][0], ind[names[0]][0])
+    zeroed = {n.name for n in out.graph.node if n.op_type == "Conv" and not onnx.numpy_helper.to_array(
+        next(t for t in out.graph.initializer if t.name == n.input[1])).any()}
+    assert zeroed == set(names)
+    skipped, out, fits = run(False, skip={names[0]})
+    assert list(fits) == names[1:]
+    np.testing.assert_allclose(skipped[names[1]][0], ind[names[1]][0])  # layer 1 left alone

@@ -111,7 +111,8 @@ def eligible_layers(graph: gs.Graph, ctx, allow_dynamic: bool, check=None):
 def build_into(model, technique, fits: dict, layers: dict, opts: dict):
     """(`model` with each layer named in `fits` replaced by technique.build of its fit, {name: the
     nodes built}). layers: name -> techniques.Layer (weights and extra; the node is looked up in
-    `model`'s graph, by name, among the standard-domain nodes)."""
+    `model`'s graph, by name, among the standard-domain nodes); a layer not in it is given to
+    build with its node only (a technique whose build needs no weights: falcon)."""
     from ..graph import to_graph, to_model
     from ..techniques.base import Layer
 
@@ -121,7 +122,7 @@ def build_into(model, technique, fits: dict, layers: dict, opts: dict):
     for name, fitted in fits.items():
         if name not in nodes:
             raise OnnxCompressError(f"{technique.name}: no node '{name}' left to replace")
-        layer = layers[name]
+        layer = layers.get(name) or Layer(None, None, None)
         new = technique.build(Layer(nodes[name], layer.weight, layer.bias, layer.index, layer.extra), fitted,
                               graph, opts)
         if not any(n.name == name for n in new):

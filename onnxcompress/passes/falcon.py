@@ -20,7 +20,6 @@ import onnx_graphsurgeon as gs
 from .. import DOMAIN
 from ..errors import OnnxCompressError
 from ..graph import to_graph
-from ..techniques.base import Layer
 from ..techniques.falcon import TECHNIQUE, sparse_input_attrs
 from .conv_rewrite import CONV_ATTRS, build_into, eligible_layers
 from .name_nodes import require_unique_names
@@ -83,8 +82,7 @@ class FalconRewrite(Pass):
 
     def _rewrite(self, model: onnx.ModelProto, chosen: set[str]) -> onnx.ModelProto:
         """`model` with the Conv nodes named in `chosen` replaced by SparseInputConv."""
-        return build_into(model, TECHNIQUE, dict.fromkeys(chosen), {n: Layer(None, None, None) for n in chosen},
-                          self.opts)[0]
+        return build_into(model, TECHNIQUE, dict.fromkeys(chosen), {}, self.opts)[0]
 
     def _model_speedup(self, model: onnx.ModelProto, chosen: set[str], feed: dict) -> float:
         """End-to-end speedup of the model with `chosen` rewritten (activations fused), on one input."""
