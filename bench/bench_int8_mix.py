@@ -100,10 +100,10 @@ def penni_without(original: onnx.ModelProto, feeds: list[dict], keep: set[str], 
     from onnxcompress.passes.remove_dead_channels import RemoveDeadChannels
 
     class PenniExcept(PenniRewrite):
-        def _eligible(self, node):
-            if node.name in keep:
-                return None, "left to INT8 by the plan"
-            return super()._eligible(node)
+        def _check(self, layer, graph):
+            if layer.name in keep:
+                return "left to INT8 by the plan"
+            return super()._check(layer, graph)
 
     _, opts = resolve_options("penni", {"bases": args.bases, "coef_sparsity": args.sparsity,
                                         "basis_iterations": args.basis_iterations})

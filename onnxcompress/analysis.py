@@ -9,10 +9,9 @@ import numpy as np
 import onnx
 
 from . import DOMAIN, schemas
-from .graph import constant_value, is_omitted, nonnegative_source, to_graph
+from .graph import constant_input, is_omitted, nonnegative_source, to_graph
+from .techniques import op_owner
 
-# Our ops whose inputs 0/1 are X and W with Conv's meaning.
-CONV_LIKE_OPS = {("", "Conv"), (DOMAIN, "SparseInputConv")}
 
 
 @dataclass
@@ -64,27 +63,13 @@ def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pad_beg
 def dense_weight_shape(node, shapes: dict[str, list]) -> list[int] | None:
     """[M, C/group, kH, kW] of the Conv a node computes or approximates.
 
-    Conv and SparseInputConv carry W as input 1; our other ops store the layer in
-    another form (shared values, bases and coefficients, tables), so the shape is
-    read from what they carry."""
-    def const(i):
-        return constant_value(node.inputs[i]) if len(node.inputs) > i and not is_omitted(node.inputs[i]) else None
-
-    if "weight_shape" in node.attrs:  # ClusteredSparseConv
-        return [int(v) for v in node.attrs["weight_shape"]]
-    if node.domain == DOMAIN and node.op == "BasisConv":
-        bases, coefs = const(1), const(2)
-        if bases is None or coefs is None or bases.ndim != 3 or coefs.ndim != 2 or bases.shape[0] == 0:
-            return None
-        return [coefs.shape[0], coefs.shape[1] // bases.shape[0], *bases.shape[1:]]
-    if node.domain == DOMAIN and node.op == "LutConv":
-        tables = const(1)
-        kernel = node.attrs.get("kernel_shape")
-        if tables is None or tables.ndim != 4 or not kernel:
-            return None
-        group = int(node.attrs.get("group", 1))
-        return [tables.shape[0] * tables.shape[3], int(node.attrs.get("in_channels", 0)) // group, *kernel]
-    weight = const(1)
+    Conv carries W as input 1; our ops store the layer in the form of the technique owning
+    them (shared values, bases and coefficients, tables), which reads the shape back
+    (OpSpec.dense_shape, onnxcompress.techniques)."""
+    if node.domain == DOMAIN:
+        owner = op_owner(node.op)
+        return owner[1].dense_shape(node) if owner is not None else None
+    weight = constant_input(node, 1)
     if weight is not None:
         return list(weight.shape)
     return shapes.get(node.inputs[1].name) if len(node.inputs) > 1 else None
@@ -108,7 +93,7 @@ def analyse_convs(model: onnx.ModelProto) -> list[ConvInfo]:
     graph = to_graph(model)
     rows = []
     for node in graph.nodes:
-        if (node.domain or "", node.op) not in CONV_LIKE_OPS and not (node.domain == DOMAIN and "Conv" in node.op):
+        if not ((node.op == "Conv" and not node.domain) or (node.domain == DOMAIN and op_owner(node.op))):
             continue
         w_shape = dense_weight_shape(node, shapes)
         x_shape = shapes.get(node.inputs[0].name)

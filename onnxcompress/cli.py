@@ -90,6 +90,22 @@ def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
         raise OnnxCompressError(f"{what} takes comma-separated numbers (e.g. 0.5,0.5,0.5), got '{text}'") from None
 
 
+class _MethodChoice(click.Choice):
+    """--method: the methods registered when the command runs (a technique registered after this
+    module was imported is a choice too)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return sorted(METHODS)
+
+    @choices.setter
+    def choices(self, _value):  # click.Choice.__init__ assigns; the registry is the source
+        pass
+
+
 def _method_options(command):
     """Adds every technique's options (onnxcompress.methods) to `command`."""
     from .methods import all_options
@@ -108,7 +124,7 @@ def _method_options(command):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the rewritten model.")
-@click.option("--method", type=click.Choice(sorted(METHODS)),
+@click.option("--method", type=_MethodChoice(),
               default="auto", show_default=True,
               help="The technique (see README). auto (needs --calib) plans every Conv across the techniques: the "
                    "fastest model, as measured, within a budget measured on calibration inputs held out of the "
@@ -206,9 +222,12 @@ def _print_report(report):
                f"{t['initializer_bytes_after']:,}")
     if t.get("other_rewritten"):
         click.echo(f"also rewritten: {t['other_rewritten']} non-Conv node(s) (the classifier)")
-    if "conv_macs_on_nonzero_inputs" in t:
-        click.echo(f"MACs on non-zero inputs (what skipping leaves): {t['conv_macs_on_nonzero_inputs']:,} "
-                   f"({t['conv_macs_on_nonzero_inputs'] / max(t['conv_macs'], 1):.1%})")
+    work = t.get("work_after")
+    if work:  # counted by the technique (falcon: what skipping zero inputs leaves)
+        extra = ", ".join(f"{work[k]:,} {k}" for k in ("additions", "lookups", "comparisons") if work.get(k))
+        click.echo(f"Conv work after, as the technique counts it ({work.get('note') or 'MACs'}): "
+                   f"{work['macs']:,} MACs ({work['macs'] / max(t['conv_macs'], 1):.1%})"
+                   + (f", {extra}" if extra else ""))
     for note in report.notes:
         click.echo(f"note: {note}")
     if report.warnings:

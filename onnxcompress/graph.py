@@ -57,6 +57,13 @@ def is_omitted(tensor) -> bool:
     return tensor is None or (isinstance(tensor, gs.Variable) and tensor.name == "")
 
 
+def constant_input(node: gs.Node, index: int) -> np.ndarray | None:
+    """The constant value of `node`'s input `index`, or None when it is absent, omitted or computed."""
+    if len(node.inputs) <= index or is_omitted(node.inputs[index]):
+        return None
+    return constant_value(node.inputs[index])
+
+
 def producer(tensor):
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 

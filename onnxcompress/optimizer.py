@@ -73,10 +73,8 @@ def check_finite_conv_weights(model: onnx.ModelProto) -> None:
 
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
     """canonicalise, the method's rewriting passes, fuse activations, clean up."""
-    _, opts = resolve_options(method, options)
-    from .methods import METHODS
-
-    return canonicalize() + METHODS[method].rewrite(opts) + [FuseActivation(), EliminateDeadCode()]
+    m, opts = resolve_options(method, options)
+    return canonicalize() + m.passes(opts) + [FuseActivation(), EliminateDeadCode()]
 
 
 def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = False,
@@ -160,12 +158,35 @@ def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = F
         "initializer_bytes_before": initializer_bytes(model),
         "initializer_bytes_after": initializer_bytes(out),
     }
-    if method == "falcon" and any("input_zero_fraction" in r for r in rewritten):
-        # MACs the kernel still has to do when it skips every zero input.
-        skipped = sum((r.get("macs") or 0) * r.get("input_zero_fraction", 0.0) for r in rewritten)
-        report.totals["conv_macs_on_nonzero_inputs"] = int(macs - skipped)
+    work = _work_after(m, conv_rows, info)
+    if work is not None:
+        report.totals["work_after"] = work
     report.notes += not_rewritten_notes(model)
     return out, report
+
+
+def _work_after(technique, rows: list[dict], info: dict) -> dict | None:
+    """The work left in the Conv layers, by the technique's own count of each rewritten layer (a
+    layer left as it is keeps its MACs); None when the technique counts no layer."""
+    totals: dict[str, Any] = {}
+    counted, notes = False, set()
+    for r in rows:
+        macs = info[r["name"]].macs or 0
+        if r["status"] != "rewritten":
+            totals["macs"] = totals.get("macs", 0) + macs
+            continue
+        work = technique.count(r, macs).as_dict()
+        counted |= work.get("macs") is not None
+        if work.get("macs") is not None and work.get("note"):
+            notes.add(work["note"])
+        for key, value in work.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                totals[key] = totals.get(key, 0) + int(value)
+        if work.get("macs") is None:
+            totals["macs"] = totals.get("macs", 0) + macs
+    if notes:
+        totals["note"] = "; ".join(sorted(notes))
+    return totals if counted else None
 
 
 def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_points=False):

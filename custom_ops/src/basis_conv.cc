@@ -342,3 +342,5 @@ void BasisConv::Compute(Ort::KernelContext& context) {
 }
 
 }  // namespace onnxcompress
+
+ONNXCOMPRESS_REGISTER_OP(BasisConv);

@@ -335,3 +335,5 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
 }
 
 }  // namespace onnxcompress
+
+ONNXCOMPRESS_REGISTER_OP(ClusteredSparseConv);

@@ -325,3 +325,5 @@ void LutConv::Compute(Ort::KernelContext& context) {
 }
 
 }  // namespace onnxcompress
+
+ONNXCOMPRESS_REGISTER_OP(LutConv);

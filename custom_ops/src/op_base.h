@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "common.h"
 
@@ -77,4 +78,27 @@ struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel>, Kernel, /*WithStatus=*/tru
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return Kernel::InferOutputShape(ctx); }
 };
 
+// The table of the ops the library registers (register.cc adds every entry to our domain).
+// Each kernel file contributes its own entry with one line at namespace scope,
+//   ONNXCOMPRESS_REGISTER_OP(SparseInputConv);
+// so a new op is one kernel file and that line. The table is a function-local static, so
+// entries made by static initialisers of any translation unit, in any order, all land in it.
+inline std::vector<const OrtCustomOp*>& RegisteredOps() {
+  static std::vector<const OrtCustomOp*> ops;
+  return ops;
+}
+
+struct OpRegistration {
+  explicit OpRegistration(const OrtCustomOp* op) { RegisteredOps().push_back(op); }
+};
+
 }  // namespace onnxcompress
+
+#define ONNXCOMPRESS_REGISTER_OP(Kernel)                                                    \
+  namespace onnxcompress {                                                                  \
+  namespace registered {                                                                    \
+  CustomOp<Kernel> g_##Kernel##_op;                                                         \
+  const OpRegistration g_##Kernel##_registration{&g_##Kernel##_op};                        \
+  }                                                                                         \
+  }                                                                                         \
+  static_assert(true, "ONNXCOMPRESS_REGISTER_OP ends with a semicolon")

@@ -1,25 +1,31 @@
 // Entry point ONNX Runtime calls when the library is registered
 // (SessionOptions.register_custom_ops_library).
+// The ops come from one table, filled by the kernel files themselves
+// (ONNXCOMPRESS_REGISTER_OP, op_base.h): nothing here names an op.
+#include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
-#include "basis_conv.h"
-#include "clustered_sparse_conv.h"
-#include "lut_conv.h"
 #include "op_base.h"
-#include "sparse_input_conv.h"
 
 namespace {
-onnxcompress::CustomOp<onnxcompress::SparseInputConv> g_sparse_input_conv;
-onnxcompress::CustomOp<onnxcompress::BasisConv> g_basis_conv;
-onnxcompress::CustomOp<onnxcompress::ClusteredSparseConv> g_clustered_sparse_conv;
-onnxcompress::CustomOp<onnxcompress::LutConv> g_lut_conv;
-
+// Adds every op of the table, by name (a stable order; static initialisers run in link order).
+// Two entries with one name would be a build mistake ORT reports confusingly: refused here.
 void AddOps(Ort::CustomOpDomain& domain) {
-  domain.Add(&g_sparse_input_conv);
-  domain.Add(&g_basis_conv);
-  domain.Add(&g_clustered_sparse_conv);
-  domain.Add(&g_lut_conv);
+  std::vector<const OrtCustomOp*> ops = onnxcompress::RegisteredOps();
+  std::sort(ops.begin(), ops.end(), [](const OrtCustomOp* a, const OrtCustomOp* b) {
+    return std::strcmp(a->GetName(a), b->GetName(b)) < 0;
+  });
+  for (size_t i = 0; i < ops.size(); ++i) {
+    if (i > 0 && std::strcmp(ops[i - 1]->GetName(ops[i - 1]), ops[i]->GetName(ops[i])) == 0) {
+      throw std::runtime_error(std::string("onnxcompress: two kernels register the op ") + ops[i]->GetName(ops[i]));
+    }
+    domain.Add(ops[i]);
+  }
 }
 }  // namespace
 

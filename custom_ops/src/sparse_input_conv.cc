@@ -264,3 +264,5 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
 }
 
 }  // namespace onnxcompress
+
+ONNXCOMPRESS_REGISTER_OP(SparseInputConv);

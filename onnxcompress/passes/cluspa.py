@@ -21,23 +21,22 @@ calibration data, the cosine of its output against the original model's.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from ..calibration import LayerCapture, conv_attrs, conv_io_batches, conv_layer_moments
+from ..calibration import LayerCapture, conv_attrs
+from ..calibration.sequential import RowBudget, calibration_batches, fit_in_sequence, layer_data
 from ..errors import OnnxCompressError
 from ..fitting import cluspa as fit
-from ..graph import to_graph, to_model, unique_name
-from ..inputs import merge_feeds
+from ..graph import to_graph, to_model
+from ..techniques.base import Layer
+from ..techniques.cluspa import TECHNIQUE
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
+from .conv_rewrite import eligible_layers, fits_independently, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -87,41 +86,40 @@ class ClusteredSparseRewrite(Pass):
         self.max_layer_sparsity = float(max_layer_sparsity)
         self.seed = int(seed)
         self.allow_dynamic = allow_dynamic_weights
+        self.opts = {"clusters": self.k, "sparsity": sparsity, "weight_threshold": weight_threshold,
+                     "per_channel": self.per_channel, "criterion": criterion, "portable": self.portable,
+                     "seed": self.seed}
+        self.budget = RowBudget(self.calib_rows, self.seed)
 
     # ------------------------------------------------------------------ fitting
 
-    def _allocate(self, layers, curves) -> list[float]:
+    def _allocate(self, layers: list[Layer], curves) -> list[float]:
         if self.sparsity is None:
             return [None] * len(layers)
         if self.allocation == "uniform" or len(layers) == 1:
             return [self.sparsity] * len(layers)
-        sizes = [layer["weight"].size for layer in layers]
+        sizes = [layer.weight.size for layer in layers]
         return fit.allocate_sparsity(curves, sizes, self.sparsity, max_sparsity=self.max_layer_sparsity)
 
-    def _fit_data_free(self, layers, ctx) -> None:
+    def _fit_data_free(self, layers: list[Layer]) -> None:
         curves = []
         for layer in layers:
-            w = layer["weight"].reshape(layer["weight"].shape[0], -1).astype(np.float64)
+            w = layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64)
             curves.append(fit.pruning_error_curve(w ** 2, float(np.sum(w ** 2))))
         for layer, s in zip(layers, self._allocate(layers, curves)):
-            w = layer["weight"].reshape(layer["weight"].shape[0], -1)
-            layer["fit"] = fit.fit_layer_data_free(w, layer["bias"], k=self.k, sparsity=s, threshold=self.threshold,
-                                                   per_channel=self.per_channel, seed=self.seed)
-            layer["target_sparsity"] = s
+            layer.extra["target_sparsity"] = s
+            layer.extra["fit"] = TECHNIQUE.fit_layer(layer, None, self.opts)
 
-    def _moments(self, layer, batches):
-        budget = max(1, self.calib_rows // max(1, self._n_batches))
-        return conv_layer_moments(layer["weight"].shape, layer["attrs"], batches, row_budget=budget, seed=self.seed)
-
-    def _fit_calibrated(self, model, layers, feeds, ctx) -> onnx.ModelProto:
+    def _fit_calibrated(self, model, layers: list[Layer], batches, ctx) -> onnx.ModelProto:
         criterion = self.criterion or "second-order"
-        original = LayerCapture(reference_model(model, ctx))
-        independent = LayerCapture(model) if fits_independently(ctx) else None
+        reference = reference_model(model, ctx)
         curves = []
         if self.sparsity is not None and self.allocation == "global" and len(layers) > 1:
+            original = LayerCapture(reference)
             for layer in layers:
-                mom = self._moments(layer, original.conv_batches(layer["name"], feeds))
-                w = layer["weight"].reshape(layer["weight"].shape[0], -1).astype(np.float64)
+                mom = layer_data(original, layer.name, batches, self.budget, layer.index).moments(
+                    layer.weight.shape, conv_attrs(layer.node))
+                w = layer.weight.reshape(layer.weight.shape[0], -1).astype(np.float64)
                 mg = w.shape[0] // mom.group
                 scores = np.zeros_like(w)
                 energy = 0.0
@@ -133,40 +131,30 @@ class ClusteredSparseRewrite(Pass):
                                   else w[sl] ** 2 * np.diag(H)[None, :])
                     energy += float(np.einsum("oi,ij,oj->", dense, H, dense, optimize=True))
                 curves.append(fit.pruning_error_curve(scores, energy))
-        allocation = self._allocate(layers, curves)
+        for layer, s in zip(layers, self._allocate(layers, curves)):
+            layer.extra["target_sparsity"] = s
+        by_name = {layer.name: layer for layer in layers}
+
+        def fit_one(index, name, data):
+            layer = by_name[name]
+            layer.extra["fit"] = fitted = TECHNIQUE.fit_layer(layer, data, self.opts)
+            log.info("cluspa %-28s sparsity %.3f (target %s) rows %d", name, fitted.sparsity,
+                     layer.extra["target_sparsity"], layer.extra["rows"])
+            return fitted
+
         # Sequential: each layer's input from the model compressed so far (plain Conv
         # with the fitted dense weights: same arithmetic as the op), target from the original.
-        current = onnx.ModelProto.FromString(model.SerializeToString())
-        for layer, s in zip(layers, allocation):
-            batches = conv_io_batches(original, layer["name"], feeds, current=independent or LayerCapture(current))
-            mom = self._moments(layer, batches)
-            groups = [acc.centered() for acc in mom.groups]
-            means = [(acc.mean_x, acc.mean_y) for acc in mom.groups]
-            w = layer["weight"].reshape(layer["weight"].shape[0], -1)
-            layer["fit"] = fit.fit_layer_calibrated(w, groups, means, k=self.k, sparsity=s, threshold=self.threshold,
-                                                    per_channel=self.per_channel, criterion=criterion, seed=self.seed)
-            layer["target_sparsity"] = s
-            layer["rows"] = mom.rows_used
-            fitted = layer["fit"]
-            _set_initializer(current, layer["weight_name"], fitted.weight().reshape(layer["weight"].shape))
-            if layer["bias_name"] is not None:
-                _set_initializer(current, layer["bias_name"], fitted.bias)
-            else:
-                layer["bias_added"] = True
-                node = next(n for n in current.graph.node if n.name == layer["name"])
-                bname = layer["weight_name"] + ".cluspa_bias"
-                current.graph.initializer.append(numpy_helper.from_array(fitted.bias, bname))
-                node.input.append(bname)
-                layer["bias_name"] = bname
-            log.info("cluspa %-28s sparsity %.3f (target %s) rows %d", layer["name"], fitted.sparsity, s,
-                     mom.rows_used)
+        current, _ = fit_in_sequence(model, [layer.name for layer in layers], batches, self.budget, fit_one,
+                                     lambda m, name, fitted: _with_dense_fit(m, model, by_name[name], fitted),
+                                     reference=reference, independent=fits_independently(ctx))
         return current
 
-    def _measure_cosines(self, original: onnx.ModelProto, fitted: onnx.ModelProto, layers, feeds) -> None:
+    def _measure_cosines(self, original: onnx.ModelProto, fitted: onnx.ModelProto, layers: list[Layer],
+                         feeds) -> None:
         """Per layer: cosine of its output in the fitted model against the original's, over the feeds."""
         orig, cur = LayerCapture(original), LayerCapture(fitted)
-        o_names = [orig.node_io(layer["name"])[1] for layer in layers]
-        c_names = [cur.node_io(layer["name"])[1] for layer in layers]
+        o_names = [orig.node_io(layer.name)[1] for layer in layers]
+        c_names = [cur.node_io(layer.name)[1] for layer in layers]
         dot = np.zeros(len(layers))
         na = np.zeros(len(layers))
         nb = np.zeros(len(layers))
@@ -179,7 +167,7 @@ class ClusteredSparseRewrite(Pass):
                 na[i] += x @ x
                 nb[i] += y @ y
         for i, layer in enumerate(layers):
-            layer["cosine"] = float(dot[i] / max(np.sqrt(na[i] * nb[i]), 1e-300))
+            layer.extra["cosine"] = float(dot[i] / max(np.sqrt(na[i] * nb[i]), 1e-300))
 
     # ------------------------------------------------------------------ rewriting
 
@@ -190,37 +178,23 @@ class ClusteredSparseRewrite(Pass):
         graph = to_graph(model)
         require_unique_names(graph.nodes, self.name)
         graph.toposort()
-        layers = []
-        excluded = chosen_layers(ctx, graph)
-        for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
-            if excluded(node):
-                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", excluded(node)))
-                continue
-            constants, reason = conv_constants(node, self.allow_dynamic)
-            if reason:
-                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", reason))
-                continue
-            weight, bias = constants
-            if weight.size == 0:
-                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", "empty weight"))
-                continue
-            out = shapes.get(node.outputs[0].name)
-            plane = int(np.prod(out[2:])) if out and len(out) == 4 and all(isinstance(v, int) for v in out[2:]) \
-                else None
-            layers.append(dict(node=node, name=node.name, weight=weight, bias=bias, attrs=conv_attrs(node), plane=plane,
-                               weight_name=node.inputs[1].name,
-                               bias_name=node.inputs[2].name if bias is not None else None))
+        layers, skipped, _ = eligible_layers(graph, ctx, self.allow_dynamic,
+                                             lambda layer: TECHNIQUE.applies_to(layer, graph, self.opts))
+        ctx.layers.extend(skipped.values())
+        for layer in layers:
+            out = shapes.get(layer.node.outputs[0].name)
+            layer.extra["plane"] = int(np.prod(out[2:])) if out and len(out) == 4 \
+                and all(isinstance(v, int) for v in out[2:]) else None
         if not layers:
             return PassResult(model, False, "no eligible Conv")
 
         feeds = ctx.options.get("calib_feeds")
         calibrated = bool(feeds) and not self.data_free
-        batched = merge_feeds(list(feeds), model=model) if feeds else []
-        self._n_batches = max(1, len(batched))
+        batched = calibration_batches(feeds, model)
         # Weights shared between Conv nodes would be fitted twice: give each its own copy first.
         shared = {}
         for layer in layers:
-            shared.setdefault(layer["weight_name"], []).append(layer["name"])
+            shared.setdefault(layer.node.inputs[1].name, []).append(layer.name)
         if any(len(v) > 1 for v in shared.values()) and calibrated:
             raise OnnxCompressError("cluspa: Conv nodes sharing one weight initializer are not supported with calibration")
 
@@ -232,23 +206,27 @@ class ClusteredSparseRewrite(Pass):
             if calibrated:
                 fitted_model = self._fit_calibrated(model, layers, batched, ctx)
             else:
-                self._fit_data_free(layers, ctx)
+                self._fit_data_free(layers)
                 fitted_model = None
         if batched:
             if fitted_model is None:
-                fitted_model = onnx.ModelProto.FromString(model.SerializeToString())
+                fitted_model = model
                 for layer in layers:
-                    _set_initializer(fitted_model, layer["weight_name"],
-                                     layer["fit"].weight().reshape(layer["weight"].shape))
+                    fitted_model = _with_dense_fit(fitted_model, model, layer, layer.extra["fit"], bias=False)
             self._measure_cosines(reference_model(model, ctx), fitted_model, layers, batched)
 
         totals = {"macs_before": 0, "adds_after": 0, "mults_after": 0, "bytes_before": 0, "bytes_after": 0,
                   "weights": 0, "nonzero_weights": 0}
         for layer in layers:
-            det = self._rewrite(graph, layer, ctx, calibrated)
+            layer.extra["calibrated"] = calibrated
+            fitted = layer.extra["fit"]
+            det = TECHNIQUE.details(layer, fitted, self.opts)
+            new = TECHNIQUE.build(layer, fitted, graph, self.opts)
+            graph.nodes.extend(new)
+            ctx.layers.append(LayerRecord(layer.name, new[-1].op, "rewritten", details=det))
             for key in ("bytes_before", "bytes_after", "nonzero_weights"):
                 totals[key] += det[key]
-            totals["weights"] += layer["weight"].size
+            totals["weights"] += layer.weight.size
             for key in ("macs_before", "adds_after", "mults_after"):
                 totals[key] += det.get(key) or 0
         ctx.notes.append("cluspa totals over the rewritten layers (batch 1): " + ", ".join(
@@ -270,68 +248,23 @@ class ClusteredSparseRewrite(Pass):
                             if calibrated else ", data-free (magnitude)"))
         return PassResult(to_model(graph, model), True, f"{len(layers)} Conv -> {what}")
 
-    def _rewrite(self, graph: gs.Graph, layer: dict, ctx: PassContext, calibrated: bool) -> dict:
-        node = layer["node"]
-        fitted: fit.ClusteredLayer = layer["fit"]
-        w = layer["weight"]
-        m = w.shape[0]
-        d = int(np.prod(w.shape[1:]))
-        bias = fitted.bias if fitted.bias is not None else layer["bias"]
-        values, counts, indices = fit.encode_layout(fitted.labels, fitted.values)
-        nnz = int(indices.size)
-        segments = int(np.count_nonzero(counts))
-        plane = layer["plane"]
-        base = node.name or "conv"
-        if self.portable:
-            dense = fitted.weight().reshape(w.shape)
-            inputs = [node.inputs[0], gs.Constant(unique_name(graph, f"{base}.weight"), dense)]
-            if bias is not None:
-                inputs.append(gs.Constant(unique_name(graph, f"{base}.bias"), np.asarray(bias, np.float32)))
-            node.inputs.clear()
-            node.inputs.extend(inputs)
-            op = "Conv"
-        else:
-            inputs = [node.inputs[0],
-                      gs.Constant(unique_name(graph, f"{base}.cluspa_values"), values),
-                      gs.Constant(unique_name(graph, f"{base}.cluspa_counts"), counts),
-                      gs.Constant(unique_name(graph, f"{base}.cluspa_indices"), indices)]
-            if bias is not None:
-                inputs.append(gs.Constant(unique_name(graph, f"{base}.bias"), np.asarray(bias, np.float32)))
-            graph.nodes.append(make_custom_conv(node, "ClusteredSparseConv", inputs,
-                                                {"weight_shape": [int(v) for v in w.shape]}))
-            op = "ClusteredSparseConv"
-        bias_bytes = 0 if bias is None else 4 * m
-        bytes_before = w.nbytes + (0 if layer["bias"] is None else layer["bias"].nbytes)
-        bytes_after = (w.nbytes + bias_bytes if self.portable
-                       else values.nbytes + counts.nbytes + indices.nbytes + bias_bytes)
-        params_after = (w.size if self.portable else values.size + counts.size + indices.size) + (
-            0 if bias is None else m)
-        details: dict[str, Any] = {
-            "clusters": self.k,
-            "per_channel": self.per_channel,
-            "target_sparsity": layer.get("target_sparsity"),
-            "sparsity": round(1.0 - nnz / float(m * d), 4),
-            "nonzero_weights": nnz,
-            "shared_values": int(values.size),
-            # per output pixel: every kept weight's input is added once into its
-            # cluster's sum; one multiply(-add) per non-empty (channel, cluster)
-            "adds_per_pixel": nnz,
-            "mults_per_pixel": segments,
-            "macs_per_pixel_before": m * d,
-            "macs_before": None if plane is None else plane * m * d,
-            "adds_after": None if plane is None else plane * nnz,
-            "mults_after": None if plane is None else plane * segments,
-            "params_before": int(w.size + (0 if layer["bias"] is None else layer["bias"].size)),
-            "params_after": int(params_after),
-            "bytes_before": int(bytes_before),
-            "bytes_after": int(bytes_after),
-            "index_dtype": str(indices.dtype),
-            "count_dtype": str(counts.dtype),
-            "calibrated": calibrated,
-        }
-        if "cosine" in layer:
-            details["output_cosine"] = round(layer["cosine"], 6)
-        if "rows" in layer:
-            details["calibration_rows"] = int(layer["rows"])
-        ctx.layers.append(LayerRecord(node.name, op, "rewritten", details=details))
-        return details
+
+def _with_dense_fit(current: onnx.ModelProto, model: onnx.ModelProto, layer: Layer, fitted: fit.ClusteredLayer,
+                    bias: bool = True) -> onnx.ModelProto:
+    """`current` (a copy of `model` the first time: `model` is never changed) with the layer's weight
+    initializer holding the fitted dense weights and, with `bias`, its bias the fitted one (added
+    where the Conv had none)."""
+    if current is model:
+        current = onnx.ModelProto.FromString(model.SerializeToString())
+    node = next(n for n in current.graph.node if n.name == layer.name)
+    _set_initializer(current, node.input[1], fitted.weight().reshape(layer.weight.shape))
+    if not bias:
+        return current
+    if len(node.input) > 2 and node.input[2]:
+        _set_initializer(current, node.input[2], fitted.bias)
+    else:
+        name = node.input[1] + ".cluspa_bias"
+        current.graph.initializer.append(numpy_helper.from_array(fitted.bias, name))
+        del node.input[2:]
+        node.input.append(name)
+    return current

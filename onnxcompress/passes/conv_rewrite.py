@@ -82,6 +82,58 @@ def chosen_layers(ctx, graph: gs.Graph):
     return lambda node: "" if node.name in names else LAYERS_EXCLUDED
 
 
+def eligible_layers(graph: gs.Graph, ctx, allow_dynamic: bool, check=None):
+    """The standard-domain Conv nodes of `graph` (in its order) a rewriting pass may take:
+    (layers, skipped, order). layers: a techniques.Layer for each Conv among the chosen layers
+    (ctx "layers") with constant float32 2-D weights for which check(layer) (a technique's
+    applies_to) gives no reason; skipped: name -> LayerRecord with the reason for the others;
+    order: every Conv's name."""
+    from ..techniques.base import Layer
+    from .base import LayerRecord
+
+    excluded = chosen_layers(ctx, graph)
+    layers, skipped, order = [], {}, []
+    for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
+        order.append(node.name)
+        reason, layer = excluded(node), None
+        if not reason:
+            constants, reason = conv_constants(node, allow_dynamic)
+        if not reason:
+            layer = Layer(node, constants[0], constants[1], index=len(layers))
+            reason = (check(layer) if check is not None else None) or ""
+        if reason:
+            skipped[node.name] = LayerRecord(node.name, "Conv", "skipped", reason)
+        else:
+            layers.append(layer)
+    return layers, skipped, order
+
+
+def build_into(model, technique, fits: dict, layers: dict, opts: dict):
+    """(`model` with each layer named in `fits` replaced by technique.build of its fit, {name: the
+    nodes built}). layers: name -> techniques.Layer (weights and extra; the node is looked up in
+    `model`'s graph, by name, among the standard-domain nodes); a layer not in it is given to
+    build with its node only (a technique whose build needs no weights: falcon)."""
+    from ..graph import to_graph, to_model
+    from ..techniques.base import Layer
+
+    graph = to_graph(model)
+    nodes = {n.name: n for n in graph.nodes if not n.domain and n.name in fits}
+    built = {}
+    for name, fitted in fits.items():
+        if name not in nodes:
+            raise OnnxCompressError(f"{technique.name}: no node '{name}' left to replace")
+        layer = layers.get(name) or Layer(None, None, None)
+        new = technique.build(Layer(nodes[name], layer.weight, layer.bias, layer.index, layer.extra), fitted,
+                              graph, opts)
+        if not any(n.name == name for n in new):
+            raise OnnxCompressError(f"technique {technique.name}: build() must give one node the layer's name "
+                                    f"'{name}' (layers are found by name)")
+        graph.nodes.extend(new)
+        built[name] = new
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return to_model(graph, model), built
+
+
 def reference_model(model, ctx):
     """The model whose outputs the pass fits its layers to (ctx "reference_model", else `model`)."""
     ref = ctx.options.get("reference_model")

@@ -19,8 +19,9 @@ import onnx_graphsurgeon as gs
 
 from .. import DOMAIN
 from ..errors import OnnxCompressError
-from ..graph import is_omitted, nonnegative_source, to_graph, to_model
-from .conv_rewrite import CONV_ATTRS, chosen_layers, conv_constants, make_custom_conv
+from ..graph import to_graph
+from ..techniques.falcon import TECHNIQUE, sparse_input_attrs
+from .conv_rewrite import CONV_ATTRS, build_into, eligible_layers
 from .name_nodes import require_unique_names
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
@@ -47,6 +48,7 @@ class FalconRewrite(Pass):
         self.select = select
         self.min_speedup = min_speedup
         self.threads = threads
+        self.opts = {"threshold": threshold, "dense_below_zero_fraction": dense_below_zero_fraction}
 
     def _measure(self, model: onnx.ModelProto, candidates: list[gs.Node], feeds) -> dict[str, dict]:
         """Per candidate: the zero fraction of its input over the feeds, and one real input."""
@@ -76,22 +78,11 @@ class FalconRewrite(Pass):
         return time_pair(reference, candidate, x, threads=self.threads).speedup
 
     def _attrs(self) -> dict:
-        attrs = {}
-        if self.threshold > 0:
-            attrs["threshold"] = float(self.threshold)
-        if self.dense_below is not None:
-            attrs["dense_below_zero_fraction"] = float(self.dense_below)
-        return attrs
+        return sparse_input_attrs(self.opts)
 
     def _rewrite(self, model: onnx.ModelProto, chosen: set[str]) -> onnx.ModelProto:
         """`model` with the Conv nodes named in `chosen` replaced by SparseInputConv."""
-        graph = to_graph(model)
-        for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain and n.name in chosen]:
-            has_bias = len(node.inputs) > 2 and not is_omitted(node.inputs[2])
-            inputs = list(node.inputs[:3] if has_bias else node.inputs[:2])
-            graph.nodes.append(make_custom_conv(node, "SparseInputConv", inputs, self._attrs()))
-        graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        return to_model(graph, model)
+        return build_into(model, TECHNIQUE, dict.fromkeys(chosen), {}, self.opts)[0]
 
     def _model_speedup(self, model: onnx.ModelProto, chosen: set[str], feed: dict) -> float:
         """End-to-end speedup of the model with `chosen` rewritten (activations fused), on one input."""
@@ -105,22 +96,12 @@ class FalconRewrite(Pass):
         return time_models(model, candidate, feed, threads=self.threads, runs=50, warmup=10).speedup
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        candidates = []
         graph = to_graph(model)
         require_unique_names(graph.nodes, self.name)
-        excluded = chosen_layers(ctx, graph)
-        for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
-            if excluded(node):
-                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", excluded(node)))
-                continue
-            constants, reason = conv_constants(node, self.allow_dynamic)
-            source = nonnegative_source(node.inputs[0]) if constants else None
-            if constants and source is None:
-                reason = "input is not produced by a ReLU-like op, so it is not sparse"
-            if reason:
-                ctx.layers.append(LayerRecord(node.name, "Conv", "skipped", reason))
-            else:
-                candidates.append((node, constants, source))
+        layers, skipped, _ = eligible_layers(graph, ctx, self.allow_dynamic,
+                                             lambda layer: TECHNIQUE.applies_to(layer, graph, self.opts))
+        ctx.layers.extend(skipped.values())
+        candidates = [(layer.node, (layer.weight, layer.bias), layer) for layer in layers]
         feeds = ctx.options.get("calib_feeds")
         measured = self._measure(model, [c[0] for c in candidates], feeds) if feeds and candidates else {}
         timed = self.select == "measured" and bool(measured)
@@ -129,8 +110,8 @@ class FalconRewrite(Pass):
                              "(give --calib to keep ORT's Conv where the rewrite does not pay)")
 
         details, skipped = {}, {}
-        for node, (weight, bias), source in candidates:
-            d = {"input_from": source, "exact": self.threshold == 0, "threshold": self.threshold}
+        for node, (weight, bias), layer in candidates:
+            d = TECHNIQUE.details(layer, None, self.opts)
             if node.name in measured:
                 d["input_zero_fraction"] = round(measured[node.name]["zero_fraction"], 4)
             if timed:

@@ -30,25 +30,23 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .. import DOMAIN
 from ..calibration.capture import LayerCapture
-from ..calibration.im2col import conv_geometry, im2col, output_rows
-from ..calibration.moments import RowSampler
+from ..calibration.sequential import RowBudget, calibration_batches, fit_in_sequence
 from ..errors import OnnxCompressError
 from ..fitting import tabconv as tc
-from ..graph import constant_value, is_omitted, to_graph, to_model
+from ..graph import constant_value, is_omitted, to_graph
+from ..techniques.base import Layer
+from ..techniques.tabconv import TECHNIQUE, describe, lut_classifier_nodes, lut_layer_node
 from .base import (
     BATCHNORM_FOLDED, CONV_REWRITTEN, NODES_NAMED, WEIGHTS_ARE_INITIALIZERS, LayerRecord, Pass, PassContext,
     PassResult,
 )
-from .conv_rewrite import chosen_layers, conv_constants, fits_independently, make_custom_conv, reference_model
+from .conv_rewrite import build_into, eligible_layers, fits_independently, reference_model
 from .name_nodes import require_unique_names
 
 log = logging.getLogger("onnxcompress")
@@ -58,64 +56,6 @@ __all__ = ["TabConvRewrite", "lut_layer_node", "lut_classifier_nodes", "find_cla
 
 # Nodes the classifier may be followed by on its way to the graph output.
 _AFTER_CLASSIFIER = ("Identity", "Softmax", "LogSoftmax")
-
-
-def _layout(d: int, codebooks: int | None, subspace: int) -> tuple[int, int]:
-    want = codebooks if codebooks else -(-d // max(1, subspace))
-    return tc.codebook_layout(d, max(1, want))
-
-
-def _lut_inputs(fits: list[tc.LutFit], prefix: str) -> list[Any]:
-    """LutConv inputs 1.. (tables, scale, bias, encoder) of one fit per group."""
-    f0 = fits[0]
-    tables = np.stack([f.tables for f in fits])
-    inputs: list[Any] = [gs.Constant(f"{prefix}.tables", np.ascontiguousarray(tables))]
-    if f0.scale is not None:
-        # the groups were quantised separately, so per-output scales unless they agree
-        scale = np.concatenate([np.broadcast_to(f.scale, (f.tables.shape[2],)) for f in fits]).astype(np.float32)
-        if np.all(scale == scale[0]):
-            scale = scale[:1]
-        inputs.append(gs.Constant(f"{prefix}.scale", np.ascontiguousarray(scale)))
-    else:
-        inputs.append(gs.Variable.empty())
-    inputs.append(gs.Constant(f"{prefix}.bias", np.concatenate([f.bias for f in fits]).astype(np.float32)))
-    if f0.encoder == "tree":
-        inputs.append(gs.Constant(f"{prefix}.split_dims", np.stack([f.split_dims for f in fits]).astype(np.int64)))
-        inputs.append(gs.Constant(f"{prefix}.thresholds", np.stack([f.thresholds for f in fits]).astype(np.float32)))
-    else:
-        inputs += [gs.Variable.empty(), gs.Variable.empty()]
-        inputs.append(gs.Constant(f"{prefix}.prototypes", np.stack([f.prototypes for f in fits]).astype(np.float32)))
-    return inputs
-
-
-def lut_layer_node(node: gs.Node, fits: list[tc.LutFit], weight_shape, prefix: str) -> gs.Node:
-    """The LutConv node replacing Conv `node` with one fit per group (same C, K, S)."""
-    cin = int(weight_shape[1]) * len(fits)
-    attrs = {"kernel_shape": [int(weight_shape[2]), int(weight_shape[3])], "in_channels": cin,
-             "encoder": fits[0].encoder}
-    return make_custom_conv(node, "LutConv", [node.inputs[0]] + _lut_inputs(fits, prefix), attrs)
-
-
-def lut_classifier_nodes(node: gs.Node, fit: tc.LutFit, d: int, prefix: str) -> list[gs.Node]:
-    """Reshape [N, D] -> [N, D, 1, 1], a 1x1 LutConv named like `node`, Reshape to [N, M],
-    taking over `node`'s (a Gemm or MatMul) output."""
-    # The batch dimension is stated (the output's, e.g. "N"): ONNX Runtime's inference leaves it
-    # unknown after a Flatten, and LutConv's shape inference then writes it as -1, which ORT
-    # compares with the real batch on every run (a warning per run).
-    y_shape = node.outputs[0].shape
-    batch = y_shape[0] if y_shape is not None and len(y_shape) == 2 else None
-    x4 = gs.Variable(f"{prefix}.x4d", dtype=np.float32, shape=None if batch is None else [batch, d, 1, 1])
-    y4 = gs.Variable(f"{prefix}.y4d", dtype=np.float32,
-                     shape=None if batch is None else [batch, fit.tables.shape[2], 1, 1])
-    # 0 copies N from the input, so any batch size works.
-    shape4 = gs.Constant(f"{prefix}.shape4d", np.array([0, d, 1, 1], np.int64))
-    shape2 = gs.Constant(f"{prefix}.shape2d", np.array([0, fit.tables.shape[2]], np.int64))
-    reshape = gs.Node("Reshape", name=f"{node.name}.to4d", inputs=[node.inputs[0], shape4], outputs=[x4])
-    lut = gs.Node("LutConv", name=node.name, domain=DOMAIN, inputs=[x4] + _lut_inputs([fit], prefix), outputs=[y4],
-                  attrs={"kernel_shape": [1, 1], "in_channels": d, "encoder": fit.encoder})
-    back = gs.Node("Reshape", name=f"{node.name}.to2d", inputs=[y4, shape2], outputs=list(node.outputs))
-    node.outputs.clear()
-    return [reshape, lut, back]
 
 
 def find_classifier(graph: gs.Graph) -> tuple[gs.Node | None, str]:
@@ -214,19 +154,9 @@ def residual_blocks(graph: gs.Graph) -> dict[str, str]:
     return out
 
 
-def _replace(model: onnx.ModelProto, fits: dict[str, list[tc.LutFit]]) -> onnx.ModelProto:
+def _replace(model: onnx.ModelProto, fits: dict[str, list[tc.LutFit]], layers: dict[str, Layer]) -> onnx.ModelProto:
     """`model` with the Conv nodes (and the classifier) named in `fits` replaced by LutConv."""
-    graph = to_graph(model)
-    for node in [n for n in graph.nodes if n.name in fits and not n.domain]:
-        if node.op == "Conv":
-            weight = node.inputs[1].values
-            graph.nodes.append(lut_layer_node(node, fits[node.name], weight.shape, f"{node.name}.lut"))
-        elif node.op in ("Gemm", "MatMul"):
-            b = constant_value(node.inputs[1])
-            d = int(b.shape[1] if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else b.shape[0])
-            graph.nodes.extend(lut_classifier_nodes(node, fits[node.name][0], d, f"{node.name}.lut"))
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return to_model(graph, model)
+    return build_into(model, TECHNIQUE, fits, layers, {})[0]
 
 
 def _outputs(capture: LayerCapture, feeds, name: str) -> np.ndarray:
@@ -239,23 +169,6 @@ def model_output_cosine(reference: np.ndarray, scores: np.ndarray) -> float:
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1), 1.0)
     return float(np.mean(cos))
-
-
-@dataclass
-class _Candidate:
-    """A layer the pass may approximate: a Conv, or the classifier (kind "classifier")."""
-
-    name: str
-    kind: str                 # "conv" or "classifier"
-    op: str                   # the node's op: Conv, Gemm or MatMul
-    weight: np.ndarray        # Conv: [M, C/group, kH, kW]; classifier: rows [M, D] (alpha applied)
-    bias: np.ndarray | None
-    attrs: dict
-    c: int                    # codebooks
-    s: int                    # columns per codebook
-    d: int                    # columns per group
-    mg: int                   # outputs per group
-    group: int
 
 
 class TabConvRewrite(Pass):
@@ -293,79 +206,33 @@ class TabConvRewrite(Pass):
         self.encoder, self.bits = encoder, table_bits
         self.keep_exact, self.min_cosine = keep_exact, min_cosine
         self.ridge, self.rows, self.refit, self.seed = ridge, calib_rows, refit, seed
+        self.opts = {"codebooks": codebooks, "subspace": subspace, "prototypes": prototypes, "encoder": encoder,
+                     "table_bits": table_bits, "ridge": ridge}
+        self.budget = RowBudget(calib_rows, seed)
         self.allow_dynamic = allow_dynamic_weights
         self.classifier, self.mask_unit = classifier, mask_unit
 
     # ------------------------------------------------------------- fitting
-    def _fit(self, x, y, weight_rows, bias, groups, index: int) -> tc.LutFit:
-        c, _ = _layout(x.shape[1], self.codebooks, self.subspace)
-        return tc.fit_lut_layer(
-            x, y, weight_rows, bias, codebooks=c, k=self.k, encoder=self.encoder, table_bits=self.bits,
-            ridge=self.ridge, groups=groups, seed=self.seed + index, table_rows=None)
-
-    def _fit_layer(self, cand: _Candidate, original: LayerCapture, current: LayerCapture, feeds,
-                   index: int) -> list[tc.LutFit]:
-        x_name, _ = current.node_io(cand.name)
-        _, y_name = original.node_io(cand.name)
-        sampler = RowSampler(max(1, -(-self.rows // len(feeds))), seed=self.seed + index)
-        xs, ys, gs_ = None, None, []
-        seen = 0  # calibration inputs before this feed: rows are grouped by input for the held-out split
-        for feed in feeds:
-            y = original.run(feed, [y_name])[y_name]
-            x = current.run(feed, [x_name])[x_name]
-            n = x.shape[0]
-            if cand.kind == "classifier":
-                rows = sampler.sample(n)
-                idx = np.arange(n) if rows is None else rows
-                cols = [x.reshape(n, -1)[idx]]
-                outs = [y.reshape(n, -1)[idx]]
-                gs_.append(seen + idx)
-            else:
-                geo = conv_geometry(cand.attrs, x.shape, cand.weight.shape)
-                per = geo.out_hw[0] * geo.out_hw[1]
-                rows = sampler.sample(n * per)
-                cols = im2col(x, geo, rows)
-                outs = output_rows(y, geo.group, rows, geo)
-                gs_.append(seen + (np.arange(n * per) if rows is None else rows) // per)
-            seen += n
-            if xs is None:
-                xs, ys = [[] for _ in cols], [[] for _ in cols]
-            for g, (c, o) in enumerate(zip(cols, outs)):
-                xs[g].append(c)
-                ys[g].append(np.asarray(o))
-        groups = np.concatenate(gs_)
-        wrows = cand.weight.reshape(cand.weight.shape[0], -1)
-        mg = cand.mg
-        fits = []
-        for g in range(len(xs)):
-            b = None if cand.bias is None else cand.bias[g * mg:(g + 1) * mg]
-            fits.append(self._fit(np.concatenate(xs[g]), np.concatenate(ys[g]), wrows[g * mg:(g + 1) * mg], b,
-                                  groups, index))
-        return fits
-
-    def _fit_sequential(self, model: onnx.ModelProto, names: list[str], cands: dict[str, _Candidate], feeds,
+    def _fit_sequential(self, model: onnx.ModelProto, names: list[str], cands: dict[str, Layer], feeds,
                         sequential: bool = True, reference: onnx.ModelProto | None = None) -> dict[str, list]:
         """Fits of the named layers in graph order, to the outputs of `reference` (default: `model`).
         sequential: each layer's input is taken from the model with the layers before it approximated;
         otherwise from `model` (independent fits, each right for the layer approximated alone)."""
-        original = LayerCapture(model if reference is None else reference)
-        inputs = original if reference is None else LayerCapture(model)
-        fits: dict[str, list] = {}
-        current_model = model
-        for i, name in enumerate(names):
-            current = LayerCapture(current_model) if sequential else inputs
-            fits[name] = self._fit_layer(cands[name], original, current, feeds, i)
-            log.info("tabconv: fitted %s (%d/%d), fit cosine %.4f, ridge %s", name, i + 1, len(names),
-                     min(f.stats["fit_cosine"] for f in fits[name]), fits[name][0].stats["ridge"])
-            if sequential:
-                current_model = _replace(model, fits)
+        def fit_one(index, name, data):
+            fits = TECHNIQUE.fit_layer(cands[name], data, self.opts)
+            log.info("tabconv: fitted %s (%d/%d), fit cosine %.4f, ridge %s", name, index + 1, len(names),
+                     min(f.stats["fit_cosine"] for f in fits), fits[0].stats["ridge"])
+            return fits
+
+        replace = (lambda current, name, fits: _replace(current, {name: fits}, cands)) if sequential else None
+        _, fits = fit_in_sequence(model, names, feeds, self.budget, fit_one, replace, reference=reference)
         return fits
 
     # ------------------------------------------------------------ masking
-    def _cosine_with(self, model, fits, subset, feeds, out_name, reference) -> float:
+    def _cosine_with(self, model, cands, fits, subset, feeds, out_name, reference) -> float:
         if not subset:
             return 1.0
-        cap = LayerCapture(_replace(model, {n: fits[n] for n in subset}))
+        cap = LayerCapture(_replace(model, {n: fits[n] for n in subset}, cands))
         return model_output_cosine(reference, _outputs(cap, feeds, out_name))
 
     def _units(self, graph: gs.Graph, candidates: list[str]) -> dict[str, list[str]]:
@@ -377,30 +244,7 @@ class TabConvRewrite(Pass):
         return units
 
     # ---------------------------------------------------------- candidates
-    def _conv_candidate(self, node: gs.Node, records: dict) -> _Candidate | None:
-        got, reason = conv_constants(node, self.allow_dynamic)
-        if not got:
-            records[node.name] = LayerRecord(node.name, "Conv", "skipped", reason)
-            return None
-        weight, bias = got
-        attrs = {k: v for k, v in node.attrs.items()}
-        group = int(attrs.get("group", 1))
-        d = int(np.prod(weight.shape[1:]))
-        mg = weight.shape[0] // group
-        if weight.shape[1] == 1 and group > 1:
-            records[node.name] = LayerRecord(
-                node.name, "Conv", "skipped",
-                "depthwise (one input channel per group): one table set per channel for a single output; "
-                "left exact")
-            return None
-        c, s = _layout(d, self.codebooks, self.subspace)
-        reason = self._too_costly(d, mg, c, s)
-        if reason:
-            records[node.name] = LayerRecord(node.name, "Conv", "skipped", reason)
-            return None
-        return _Candidate(node.name, "conv", "Conv", weight, bias, attrs, c, s, d, mg, group)
-
-    def _classifier_candidate(self, model, graph: gs.Graph, records: dict, notes: list) -> _Candidate | None:
+    def _classifier_candidate(self, model, graph: gs.Graph, records: dict, notes: list) -> Layer | None:
         node, why = find_classifier(graph)
         if node is None:
             notes.append(f"tabconv --classifier: {why}; no classifier approximated")
@@ -420,20 +264,13 @@ class TabConvRewrite(Pass):
         rows, bias = got
         m, d = rows.shape
         details.update(macs=int(m * d), in_channels=int(d), out_channels=int(m))
-        c, s = _layout(d, self.codebooks, self.subspace)
-        reason = self._too_costly(d, m, c, s)
+        layer = Layer(node, rows, bias)
+        describe(layer, rows, kind="classifier", op=node.op, **self.opts)
+        reason = TECHNIQUE.applies_to(layer, graph, self.opts)
         if reason:
             records[node.name] = LayerRecord(node.name, node.op, "skipped", reason, details)
             return None
-        return _Candidate(node.name, "classifier", node.op, rows, bias, {}, c, s, d, m, 1)
-
-    def _too_costly(self, d: int, mg: int, c: int, s: int) -> str:
-        enc = c * tc.TREE_DEPTH if self.encoder == "tree" else c * s * self.k
-        work = enc + c * mg
-        if work >= d * mg:
-            return (f"lookups and encoding ({work} per pixel and group) would not be fewer than the layer's MACs "
-                    f"({d * mg})")
-        return ""
+        return layer
 
     # ----------------------------------------------------------------- run
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
@@ -443,18 +280,12 @@ class TabConvRewrite(Pass):
         graph = to_graph(model)
         require_unique_names(graph.nodes, self.name)
         graph.toposort()
-        records: dict[str, LayerRecord] = {}
-        cands: dict[str, _Candidate] = {}
+        feeds = calibration_batches(feeds, model)
         reference_proto = reference_model(model, ctx)
         probe = LayerCapture(reference_proto)
-        excluded = chosen_layers(ctx, graph)
-        for node in [n for n in graph.nodes if n.op == "Conv" and not n.domain]:
-            if excluded(node):
-                records[node.name] = LayerRecord(node.name, "Conv", "skipped", excluded(node))
-                continue
-            cand = self._conv_candidate(node, records)
-            if cand is not None:
-                cands[cand.name] = cand
+        conv_layers, records, _ = eligible_layers(graph, ctx, self.allow_dynamic,
+                                                  lambda layer: TECHNIQUE.applies_to(layer, graph, self.opts))
+        cands: dict[str, Layer] = {layer.name: layer for layer in conv_layers}
         fc_name = None
         if self.classifier:
             cand = self._classifier_candidate(model, graph, records, ctx.notes)
@@ -483,9 +314,10 @@ class TabConvRewrite(Pass):
 
         # Priority: the model's output cosine with each unit (layer or block) approximated alone.
         units = self._units(graph, candidates)
-        alone = {u: self._cosine_with(model, fits, names, feeds, out_name, reference) for u, names in units.items()}
+        alone = {u: self._cosine_with(model, cands, fits, names, feeds, out_name, reference)
+                 for u, names in units.items()}
         order = sorted(units, key=lambda u: alone[u])  # most harmful first
-        all_cos = self._cosine_with(model, fits, candidates, feeds, out_name, reference)
+        all_cos = self._cosine_with(model, cands, fits, candidates, feeds, out_name, reference)
 
         def layers_of(unit_labels):
             return [n for u in unit_labels for n in units[u]]
@@ -497,7 +329,7 @@ class TabConvRewrite(Pass):
             lo, hi = 1, len(order)  # smallest count of kept units reaching the target
             while lo < hi:
                 mid = (lo + hi) // 2
-                if self._cosine_with(model, fits, layers_of(order[mid:]), feeds, out_name,
+                if self._cosine_with(model, cands, fits, layers_of(order[mid:]), feeds, out_name,
                                      reference) >= self.min_cosine:
                     hi = mid
                 else:
@@ -505,12 +337,12 @@ class TabConvRewrite(Pass):
             kept_units = order[:lo]
         kept = layers_of(kept_units)
         chosen = [n for n in candidates if n not in kept]
-        final_cos = all_cos if not kept else self._cosine_with(model, fits, chosen, feeds, out_name, reference)
+        final_cos = all_cos if not kept else self._cosine_with(model, cands, fits, chosen, feeds, out_name, reference)
         first_fits = dict(fits)
         if masking and chosen and self.refit:
             for _attempt in range(4):
                 fits = {**first_fits, **self._fit_sequential(model, chosen, cands, feeds, reference=reference_proto)}
-                final_cos = self._cosine_with(model, fits, chosen, feeds, out_name, reference)
+                final_cos = self._cosine_with(model, cands, fits, chosen, feeds, out_name, reference)
                 if self.min_cosine is None or final_cos >= self.min_cosine or not chosen:
                     break
                 # the refit moved the output: keep one more unit exact and refit again
@@ -527,7 +359,7 @@ class TabConvRewrite(Pass):
             f"{' (independent fits)' if masking else ''}, with the {len(chosen)} chosen {final_cos:.4f} "
             f"({len(kept)} layers kept exact by priority masking)")
 
-        out = _replace(model, {n: fits[n] for n in chosen})
+        out = _replace(model, {n: fits[n] for n in chosen}, cands)
         # Per layer: the approximated layer's output against the exact model's, on the calibration data.
         layer_cos = {}
         if chosen:
@@ -550,7 +382,7 @@ class TabConvRewrite(Pass):
         shapes_by_tensor = inferred_shapes(model)
         rows_at = {}
         for node in graph.nodes:
-            if node.name in cands and cands[node.name].kind == "conv":
+            if node.name in cands and cands[node.name].extra["kind"] == "conv":
                 y = shapes_by_tensor.get(node.outputs[0].name)
                 rows_at[node.name] = int(np.prod(y[2:])) if y is not None and len(y) == 4 \
                     and all(isinstance(v, int) for v in y[2:]) else None
@@ -562,36 +394,15 @@ class TabConvRewrite(Pass):
                 ctx.layers.append(records[name])
                 continue
             cand = cands[name]
-            c, s, d, mg, group = cand.c, cand.s, cand.d, cand.mg, cand.group
-            f0 = fits[name][0]
-            rows = rows_at.get(name) or 0
-            cost = tc.lut_costs(rows, d, mg, c, s, self.k, self.encoder, group)
-            table_bytes = sum(f.tables.nbytes + (f.scale.nbytes if f.scale is not None else 0) for f in fits[name])
-            ridges = [f.stats["ridge"] for f in fits[name]]
-            details = {
-                "codebooks": c, "subspace": s, "prototypes": self.k, "encoder": self.encoder,
-                "table_bits": self.bits, "table_fit": f0.table_fit,
-                "ridge": ridges[0] if len(set(ridges)) == 1 else ridges,
-                "weight_bytes": int(cand.weight.nbytes),
-                "table_bytes": int(table_bytes), "encoder_bytes": int(sum(
-                    (f.split_dims.nbytes + f.thresholds.nbytes) if f.encoder == "tree" else f.prototypes.nbytes
-                    for f in fits[name])),
-                "model_cosine_alone": round(alone[unit_of[name]], 6),
-                "fit_cosine": round(min(f.stats["fit_cosine"] for f in fits[name]), 6),
-                "work_per_pixel": {"macs_before": d * mg * group, "encoder_comparisons":
-                                   c * tc.TREE_DEPTH * group if self.encoder == "tree" else 0,
-                                   "encoder_macs": c * s * self.k * group if self.encoder == "exhaustive" else 0,
-                                   "lookups": c * mg * group, "additions": c * mg * group},
-            }
+            cand.extra["rows"] = rows_at.get(name) or 0
+            details = {**TECHNIQUE.details(cand, fits[name], self.opts),
+                       "model_cosine_alone": round(alone[unit_of[name]], 6)}
             if self.mask_unit == "block":
                 details["mask_unit"] = unit_of[name]
-            if cand.kind == "classifier":
-                details.update(classifier=True, replaces=cand.op, macs=d * mg, in_channels=d, out_channels=mg)
-            if rows:
-                details["work"] = cost
             if name in kept:
                 what = f"{unit_of[name]} " if self.mask_unit == "block" and unit_of[name] != name else ""
-                ctx.layers.append(LayerRecord(name, cand.op, "skipped", f"kept exact by priority masking ({what}"
+                ctx.layers.append(LayerRecord(name, cand.extra["op"], "skipped",
+                                              f"kept exact by priority masking ({what}"
                                               f"model output cosine {alone[unit_of[name]]:.4f} with it approximated "
                                               "alone)", details))
             else:

@@ -4,12 +4,13 @@ A kind is a technique with a small ladder of settings. Its `apply` rewrites
 the named layers of a model fitted on the given calibration feeds (targets:
 the reference model's layer outputs; inputs: the model as compressed so far,
 or the model itself when `independent`), and returns the model, one
-LayerRecord per Conv and the passes to run once after the whole plan. Kinds
-built on a technique of onnxcompress.methods take the default `apply`, which
-runs that method's rewriting pass with the shared options `layers`,
-`reference_model` and `independent` (passes/conv_rewrite.py). A new kind
-(INT8 from onnxcompress/int8.py, say) is one more `register(...)`: the
-planner does not change.
+LayerRecord per Conv and the passes to run once after the whole plan. Every
+registered technique (onnxcompress.techniques) with a ladder of settings is
+a kind, registered here when the technique is: its `apply` runs the
+technique's rewriting passes with the shared options `layers`,
+`reference_model` and `independent` (passes/conv_rewrite.py), its `work` is
+the technique's `count`. Another kind (INT8 from onnxcompress/int8.py, say)
+is one more `register(...)`: the planner does not change.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 import onnx
 
+from .. import techniques
 from ..errors import OnnxCompressError
 
 
@@ -42,7 +44,7 @@ def _method_apply(method: str):
         from ..passes.base import CONV_REWRITTEN
 
         m, opts = resolve_options(method, options)
-        passes = m.rewrite(opts)
+        passes = m.passes(opts)
         rewrite = [p for p in passes if CONV_REWRITTEN in p.ensures]
         finishing = [p for p in passes if CONV_REWRITTEN not in p.ensures]
         ctx = PassContext(options={**opts, "calib_feeds": feeds, "layers": sorted(layers),
@@ -50,26 +52,6 @@ def _method_apply(method: str):
         out, ctx = PassManager(rewrite, provided=provided).run(model, ctx)
         return out, {r.name: r for r in ctx.layers}, finishing
     return apply
-
-
-def _falcon_work(details: dict, macs: int) -> dict:
-    z = details.get("input_zero_fraction")
-    return {"macs": int(macs * (1 - z)) if z is not None else macs, "note": "MACs on non-zero inputs"}
-
-
-def _cluspa_work(details: dict, macs: int) -> dict:
-    return {"macs": details.get("mults_after"), "additions": details.get("adds_after")}
-
-
-def _penni_work(details: dict, macs: int) -> dict:
-    ratio = details.get("macs_ratio")
-    return {"macs": None if ratio is None else int(round(macs * ratio))}
-
-
-def _tabconv_work(details: dict, macs: int) -> dict:
-    w = details.get("work") or {}
-    return {"macs": w.get("encoder_macs", 0) + w.get("dequant_mults", 0), "additions": w.get("additions"),
-            "lookups": w.get("lookups"), "comparisons": w.get("encoder_comparisons")}
 
 
 @dataclass(frozen=True)
@@ -98,18 +80,20 @@ def register(kind: Kind) -> Kind:
     return kind
 
 
-register(Kind("falcon", ({"select": "all"},), lambda o: "falcon", _method_apply("falcon"), _falcon_work, exact=True,
-              needs_calibration=False, summary="exact, skips zero activations"))
-register(Kind("cluspa", ({"sparsity": 0.8, "allocation": "uniform"}, {"sparsity": 0.9, "allocation": "uniform"}),
-              lambda o: f"cluspa s={o['sparsity']}", _method_apply("cluspa"), _cluspa_work,
-              summary="16 shared values, weight sparsity", quick={"data_free": True}))
-register(Kind("penni", ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},
-                        {"bases": 5, "coef_sparsity": 0.7}),
-              lambda o: f"penni d={o['bases']}/{o['coef_sparsity']}", _method_apply("penni"), _penni_work,
-              summary="basis kernels, sparse coefficients", quick={"data_free": True}))
-register(Kind("tabconv", ({"subspace": 9}, {"subspace": 18}),
-              lambda o: f"tabconv S={o['subspace']}", _method_apply("tabconv"), _tabconv_work,
-              summary="lookup tables (8-bit)", quick={"ridge": 1e-3, "calib_rows": 2000}))
+def technique_kind(technique) -> Kind:
+    """The candidate kind of a technique (onnxcompress.techniques.Technique) with a ladder."""
+    return Kind(technique.name, tuple(technique.ladder), technique.label, _method_apply(technique.name),
+                lambda details, macs: technique.count(details, macs).as_dict(), exact=technique.exact,
+                needs_calibration=technique.needs_calibration or not technique.exact,
+                summary=technique.plan_summary or technique.summary, quick=technique.quick)
+
+
+def _register_technique(technique) -> None:
+    if technique.ladder and technique.name not in KINDS:
+        register(technique_kind(technique))
+
+
+techniques.subscribe(_register_technique)
 
 
 def candidate_list(kinds: str | list[str] | None = None) -> list[Candidate]:
