@@ -5,7 +5,8 @@ seeded class-balanced sample of mnist-test split into a selection part (what
 auto's --max-drop is measured on, and what picks the best single setting) and a
 disjoint test part (reported, never used to choose). Every single-method setting
 of the planner's ladder is run as `optimize --method M` would run it (sequential
-fit on all the calibration inputs); auto runs as the command line does, in a
+fit on all the calibration inputs), and so is ORT's static INT8 on every Conv (QDQ,
+per-channel, the same calibration inputs: what a user picks instead); auto runs as the command line does, in a
 child process, so that its planning time and peak RSS are its own. Speedups are
 whole-model medians, interleaved, batch 1, at 1 and 2 threads.
 
@@ -35,6 +36,7 @@ from onnxcompress.inputs import dataset_arrays  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime, save_model  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.plan.candidates import KINDS, candidate_list  # noqa: E402
+from onnxcompress.plan.stages import STAGES, split_kinds  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
 from _modelbench import machine_summary  # noqa: E402
 
@@ -96,9 +98,18 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
 
     calib_feeds = [{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)]
     best = None
-    for c in candidate_list(args.candidates):
+    per_layer, stages = split_kinds(args.candidates)
+    settings = [(c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
+                for c in candidate_list(per_layer)]
+    if "int8" in stages:  # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
+        from onnxcompress.int8 import quantize_convs
+        from onnxcompress.plan.planner import _canonical
+
+        settings.append(("ORT int8 (all Convs)", lambda: quantize_convs(_canonical(model), calib_feeds)))
+    for label, make in settings:
+        c = type("Setting", (), {"label": label})
         start = time.perf_counter()
-        out, _ = optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)
+        out = make()
         seconds = time.perf_counter() - start
         p = work / f"{path.stem}.{c.label.replace(' ', '_').replace('/', '-')}.onnx"
         save_model(prepare_for_runtime(out), str(p))
@@ -125,7 +136,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=1000, help="mnist-test digits auto and the best setting select on")
     ap.add_argument("--test", type=int, default=1000, help="further mnist-test digits, reported only")
     ap.add_argument("--max-drop", type=float, default=0.5)
-    ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(KINDS)})")
+    ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(list(KINDS) + list(STAGES))})")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--timing-cache", default=str(Path(tempfile.gettempdir()) / "onnxcompress_bench_timings.json"))
     ap.add_argument("--out", default=None, help="folder for the models and reports (default: a temporary one)")
