@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models._common import ResNet, deadline_from_argv, finish, load_data, setup, train_wsd
 
-STABLE_STEPS = 271
-DECAY_STEPS = 271
+STABLE_STEPS = 2729
+DECAY_STEPS = 2729
 
 
 def main():
