@@ -44,6 +44,7 @@ VARIANTS = [
     ("penni", "penni", [], False),
     ("penni+calib", "penni", [], True),
     ("tabconv+calib", "tabconv", [], True),
+    ("auto", "auto", [], True),  # the default: per-layer techniques + ORT INT8 within the default budget
 ]
 
 # Samples per model: (evaluation, calibration, compare); the detectors are large.

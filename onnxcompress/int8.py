@@ -102,6 +102,22 @@ def _following_activation(model: onnx.ModelProto, conv: str) -> str | None:
     return None
 
 
+def _at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` converted to ONNX opset 13 if it is older: per-channel QDQ needs the `axis` of
+    QuantizeLinear / DequantizeLinear (opset 13), and ORT's quantizer writes it whatever the
+    model's opset (an opset-11 model then fails to load)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset >= 13:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, 13)
+    except Exception as exc:  # the converter raises several kinds
+        raise OnnxCompressError(f"quantize: INT8 with per-channel weights needs opset 13; converting the model "
+                                f"from opset {opset} failed: {exc}") from None
+
+
 def _pre_process(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
     """quant_pre_process with its ORT optimisation step run in a session that knows our ops."""
     import onnxruntime as ort
@@ -222,6 +238,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     if len({n.name for n in model.graph.node}) != len(model.graph.node):
         raise OnnxCompressError("quantize: node names must be unique (ORT's quantizer selects nodes by name)")
     extra = dict(extra_options or {})
+    model = _at_least_opset_13(model)
     with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
         workdir = Path(tmp)
         pre = _pre_process(model, workdir)

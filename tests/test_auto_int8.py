@@ -144,3 +144,18 @@ def test_splice_into_places_our_op_in_a_quantized_model():
     qout = InferenceSession(q.SerializeToString()).run(None, x)[0]
     cos = lambda a, b: float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     assert cos(ref, got) > 0.99 and cos(ref, qout) > 0.99
+
+
+def test_int8_on_an_opset_11_model_is_converted_to_opset_13():
+    """Per-channel QDQ needs DequantizeLinear's axis (opset 13): an older model (PP-OCR's are
+    opset 11) is converted first instead of giving a model ONNX Runtime refuses."""
+    from onnxcompress.int8 import quantize_convs
+
+    model = modelgen.small_resnet()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 11
+    q = quantize_convs(model, _feeds(model, 8))
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    assert sorted(int8_convs(q)) == sorted(conv_names(model))
+    InferenceSession(q.SerializeToString()).run(None, _feeds(model, 4)[0])

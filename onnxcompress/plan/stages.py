@@ -114,11 +114,11 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
         return out
     try:
         model = stage.apply(base, layers, feeds)
-    except OnnxCompressError as exc:
+        m = evaluator.measure(model, with_eval=with_eval)
+    except OnnxCompressError as exc:  # it cannot be made, or ORT cannot load what it made
         out.note = f"not applicable: {exc}"
         out.seconds = time.perf_counter() - t0
         return out
-    m = evaluator.measure(model, with_eval=with_eval)
     say(f"auto: {stage.name} on all {len(layers)} layers of the {base_name}: {m.as_dict()}")
     kept = list(layers)
     if not budget.holds(m):
