@@ -81,6 +81,10 @@ def failure(rc: int, stderr: str) -> tuple[str, bool]:
 def outcome(report: dict) -> str:
     """'rewritten k of n Conv' or 'left unchanged', with the reasons layers were left alone (counted)."""
     t = report["totals"]
+    plan = report.get("plan")
+    if plan:  # --method auto: what the plan wrote
+        return (f"auto wrote {plan['plan']}: {plan['layers_replaced']} of {plan['conv_layers']} Conv, "
+                f"{plan['speedup'].get('1', 1.0):.2f}x at 1 thread (planner's timing)")
     skipped = [r for r in report["layers"] if r["status"] != "rewritten" and r.get("op", "Conv") == "Conv"]
     reasons = Counter(_reason(r.get("reason") or "?") for r in skipped)
     why = "; ".join(f"{n}x {reason}" for reason, n in reasons.most_common(2))
