@@ -159,3 +159,15 @@ def test_int8_on_an_opset_11_model_is_converted_to_opset_13():
     assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 13
     assert sorted(int8_convs(q)) == sorted(conv_names(model))
     InferenceSession(q.SerializeToString()).run(None, _feeds(model, 4)[0])
+
+
+def test_the_report_bounds_agreement_on_unseen_inputs():
+    """16 validation inputs, all agreeing, only show agreement >= 0.83 at 95%: the report says so."""
+    model = modelgen.small_resnet()
+    result = plan_model(model, _feeds(model, 64), min_agreement=0.99, kinds="int8", timer=CostTimer(),
+                        report_threads=(1,))
+    s = result.summary
+    n = s["validation_inputs"]
+    assert n == 16 and s["achieved"]["agreement"] == 1.0
+    assert abs(s["agreement_lower_95"] - 0.05 ** (1 / n)) < 1e-3
+    assert any("only known to be >=" in x for x in result.notes)

@@ -77,6 +77,18 @@ def _finish(model: onnx.ModelProto, finishing: list) -> onnx.ModelProto:
     return out
 
 
+def _agreement_floor(m) -> float | None:
+    """The one-sided 95% Clopper-Pearson lower bound of the top-1 agreement on unseen inputs,
+    from the agreement measured on `m.samples` validation inputs."""
+    if m.agreement is None or not m.samples:
+        return None
+    from scipy.stats import beta
+
+    n = int(m.samples)
+    k = int(round(m.agreement * n))
+    return 0.0 if k == 0 else float(beta.ppf(0.05, k, n - k + 1))
+
+
 def _conv_order(model: onnx.ModelProto) -> list[str]:
     from ..calibration.capture import conv_names
 
@@ -544,8 +556,14 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         timer.cache.save()
     if eval_data is not None and final_m.eval_top1 is None:
         final_m = evaluator.measure(final, with_eval=True)
+    agreement_floor = _agreement_floor(final_m)
+    if agreement_floor is not None and budget.min_agreement is not None and agreement_floor < budget.min_agreement:
+        notes.append(f"the budget was measured on {final_m.samples} held-out calibration inputs: with "
+                     f"{final_m.agreement:.4f} of them agreeing, the agreement on unseen inputs is only known to be "
+                     f">= {agreement_floor:.3f} (95% one-sided); more --calib inputs make the check tighter")
     summary = {
         "budget": budget.as_dict(), "achieved": final_m.as_dict(), "meets_budget": budget.holds(final_m),
+        "agreement_lower_95": None if agreement_floor is None else round(agreement_floor, 4),
         "original_eval_top1": evaluator.eval_top1,
         "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,
         "layers_replaced": len(kept) + len(staged), "conv_layers": len(order),

@@ -34,6 +34,9 @@ def print_plan(report, echo) -> None:
                 f"cosine {a['cosine']}", f"relative error {a['rel_error']}"]
     echo(f"budget: {plan['budget']['text']}; achieved on {plan['validation_inputs']} validation inputs: "
          + ", ".join(x for x in achieved if x) + (" (meets it)" if plan["meets_budget"] else " (MISSES IT)"))
+    if plan.get("agreement_lower_95") is not None:
+        echo(f"agreement on unseen inputs, 95% one-sided lower bound from the validation inputs: "
+             f"{plan['agreement_lower_95']}")
     if plan.get("original_eval_top1") is not None:
         echo(f"evaluation data: top-1 {plan['original_eval_top1']:.4f} -> {a.get('eval_top1'):.4f} "
              f"({a.get('eval_drop'):+.2f} points lost)")
