@@ -502,7 +502,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             row.update(choice=st.name, work_after=work,
                        why=f"{st.summary}: the model with the stage times {final_speed:.3f}x within the budget")
             macs_after_total += macs.get(n) or 0
-            int8_macs += (macs.get(n) or 0) if st.name == "int8" else 0
+            int8_macs += (macs.get(n) or 0) if work.get("precision") == "int8" else 0
         elif n in chosen:
             c = by_label[chosen[n].label]
             rec = seq_records.get(n)
