@@ -77,6 +77,12 @@ def _finish(model: onnx.ModelProto, finishing: list) -> onnx.ModelProto:
     return out
 
 
+def _pays_more(outcome: StageOutcome, best_speedup: float) -> bool:
+    """A stage's outcome meets the budget and times faster than `best_speedup` and than the
+    original by the minimum saving."""
+    return outcome.meets_budget and outcome.speedup > max(best_speedup, 1.0 + MIN_SAVED_FRACTION)
+
+
 def _agreement_floor(m) -> float | None:
     """The one-sided 95% Clopper-Pearson lower bound of the top-1 agreement on unseen inputs,
     from the agreement measured on `m.samples` validation inputs."""
@@ -163,7 +169,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         o = run_stage(STAGES[sname], "original", canon, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
                       restrict=set(targets))
         stage_outcomes.append(o)
-        if o.meets_budget and o.speedup > max(base_stage.speedup if base_stage else 1.0, 1.0 + MIN_SAVED_FRACTION):
+        if _pays_more(o, base_stage.speedup if base_stage else 1.0):
             base_stage = o
     base_model = base_stage.model if base_stage is not None else canon
     btimer = rebased(timer, base_model) if base_stage is not None else timer
@@ -464,8 +470,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             o = run_stage(STAGES[sname], "plan", final, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
                           restrict=set(targets))
             stage_outcomes.append(o)
-            best_so_far = winner.speedup if winner is not None else final_speed
-            if o.meets_budget and o.speedup > max(best_so_far, 1.0 + MIN_SAVED_FRACTION):
+            if _pays_more(o, winner.speedup if winner is not None else final_speed):
                 winner = o
         if winner is not None:
             plan_before = final_speed
