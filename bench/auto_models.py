@@ -76,7 +76,6 @@ def main() -> None:
         model = load_model(path)
         feeds, what = calibration_sample(model, calib, args.calib, seed=0)
         start = time.perf_counter()
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         out, report = optimize(model, "auto", calib_feeds=feeds, timing_cache=str(work / "timings.json"))
         seconds = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -103,7 +102,7 @@ def main() -> None:
             f"{plan['plan']}: {plan['layers_replaced']}/{plan['conv_layers']} Conv "
             f"({plan['int8_macs'] / max(plan['macs_before'], 1):.0%} of MACs in INT8)")
         rows.append([name, what.split(":")[0], written, f"{sp[1]:.3f}", f"{sp[2]:.3f}",
-                     f"{len(x)}: {quality}", f"{seconds:.0f}", f"{max(rss, rss0) / 1024:.0f}"])
+                     f"{len(x)}: {quality}", f"{seconds:.0f}", f"{rss / 1024:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
     print(format_table(["model", "calibration", "written", "speedup 1T", "speedup 2T", "held-out check",
                         "planning s", "process peak RSS MB"], rows))
