@@ -47,7 +47,7 @@ def _load(path: str):
     return load_model(path)
 
 
-from .inputs import DATASETS, DEFAULT_CALIB_LIMIT, dataset_arrays as _dataset  # noqa: E402
+from .inputs import DATASETS, AUTO_CALIB_LIMIT, DEFAULT_CALIB_LIMIT, dataset_arrays as _dataset  # noqa: E402
 
 
 def _feeds(model, data: str | None, random: int | None, seed: int, limit: int | None = None,
@@ -133,8 +133,9 @@ def _method_options(command):
 @click.option("--calib", help="Calibration inputs: an .npz, a folder of images, a dataset name "
               f"({', '.join(DATASETS)}) or 'photos'. A seeded, shuffled sample is taken, "
               "class-balanced where labels exist.")
-@click.option("--calib-limit", type=int, default=DEFAULT_CALIB_LIMIT, show_default=True,
-              help="Calibration samples to take (fewer if the source holds fewer).")
+@click.option("--calib-limit", type=int, default=None,
+              help=f"Calibration samples to take (fewer if the source holds fewer) [default: {DEFAULT_CALIB_LIMIT}; "
+                   f"with --method auto {AUTO_CALIB_LIMIT}: at most 256 are fitted to, the rest validate the budget]")
 @click.option("--calib-seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--mean", help="With --calib photos or an image folder: per-channel R,G,B mean subtracted after "
               "scaling to [0, 1] (default ImageNet's 0.485,0.456,0.406).")
@@ -176,6 +177,8 @@ def optimize(model, output, method, calib, calib_limit, calib_seed, mean, std, v
         raise OnnxCompressError("--mean/--std apply to --calib photos or an image folder only")
     feeds = None
     if calib:
+        if calib_limit is None:
+            calib_limit = AUTO_CALIB_LIMIT if method == "auto" else DEFAULT_CALIB_LIMIT
         feeds, what = calibration_sample(proto, calib, calib_limit, mean=_floats(mean, "--mean"),
                                          std=_floats(std, "--std"), seed=calib_seed)
         click.echo(f"calibration: {what}")

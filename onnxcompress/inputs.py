@@ -283,6 +283,7 @@ _DATASET_LOADERS = {
 IMAGENET_VAL20 = "imagenet-val20"
 DATASETS = (*_DATASET_LOADERS, IMAGENET_VAL20)
 DEFAULT_CALIB_LIMIT = 256
+AUTO_CALIB_LIMIT = 1280  # --method auto: 256 to fit to, 1,024 to show the budget on (0.99 needs >= 299)
 
 
 def dataset_arrays(name: str, limit: int | None = None, seed: int = 0,

@@ -31,7 +31,11 @@ class _Auto(Technique):
                "mnist-test): its top-1 is reported, and --max-drop is measured on it"),
         Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
         Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
-               "(seeded by --calib-seed); the rest is what the techniques fit to"),
+               "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "
+               "to"),
+        Option("confidence", float, 0.95, "auto: the budget on the validation inputs must be shown at this "
+               "one-sided confidence (agreement: Clopper-Pearson lower bound; cosine: Student-t lower bound of "
+               "the mean), not merely met by the sample; 0 judges the sample's own values"),
         Option("candidates", str, None, "auto: comma-separated candidate kinds to weigh (default: every kind: "
                "falcon, cluspa, penni, tabconv per layer, and int8, ORT's static INT8 quantization of the Convs "
                "the plan leaves to ORT, tried after the per-layer plan and on the original alone)"),

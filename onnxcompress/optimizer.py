@@ -200,7 +200,7 @@ def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_
     result = plan_model(model, calib_feeds, max_drop=opts["max_drop"], min_agreement=opts["min_agreement"],
                         min_cosine=opts["min_cosine"], eval_data=eval_data, layers=opts["layers"],
                         kinds=opts["candidates"], threads=opts["threads"], val_fraction=opts["val_fraction"],
-                        seed=opts["seed"], timing_cache=cache, progress=progress,
+                        confidence=opts["confidence"], seed=opts["seed"], timing_cache=cache, progress=progress,
                         settings_points=settings_points)
     if verify:
         from .passes.base import verify_model

@@ -8,6 +8,7 @@ import pytest
 
 import modelgen
 from onnxcompress import DOMAIN, InferenceSession
+from onnxcompress.errors import OnnxCompressError
 from onnxcompress.inputs import random_feeds
 from onnxcompress.int8 import conv_names, int8_convs
 from onnxcompress.plan import plan_model
@@ -161,13 +162,13 @@ def test_int8_on_an_opset_11_model_is_converted_to_opset_13():
     InferenceSession(q.SerializeToString()).run(None, _feeds(model, 4)[0])
 
 
-def test_the_report_bounds_agreement_on_unseen_inputs():
-    """16 validation inputs, all agreeing, only show agreement >= 0.83 at 95%: the report says so."""
+def test_a_budget_the_validation_inputs_cannot_show_is_refused_before_planning():
+    """16 validation inputs, even all agreeing, show agreement >= 0.83 only (95%): a budget of 0.99
+    is refused at once, with the count that would show it, instead of being 'met' by the sample."""
     model = modelgen.small_resnet()
-    result = plan_model(model, _feeds(model, 64), min_agreement=0.99, kinds="int8", timer=CostTimer(),
-                        report_threads=(1,))
-    s = result.summary
-    n = s["validation_inputs"]
-    assert n == 16 and s["achieved"]["agreement"] == 1.0
-    assert abs(s["agreement_lower_95"] - 0.05 ** (1 / n)) < 1e-3
-    assert any("only known to be >=" in x for x in result.notes)
+    with pytest.raises(OnnxCompressError) as err:
+        plan_model(model, _feeds(model, 64), min_agreement=0.99, kinds="int8", timer=CostTimer(),
+                   report_threads=(1,))
+    text = str(err.value)
+    assert "16 validation inputs cannot show" in text and "at least 299 validation inputs" in text
+    assert "0.829" in text  # 0.05 ** (1 / 16)

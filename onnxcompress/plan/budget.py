@@ -1,10 +1,21 @@
 """The budget a plan must meet, and the data it is measured on.
 
 The calibration inputs are split, seeded, into a fitting part (what every
-technique fits to) and a validation part (what the budget is measured on,
-never fitted to). A model is measured against the original on the validation
-part: top-1 agreement of score outputs, output cosine, relative output error;
-and, with labelled evaluation data, top-1 accuracy and its drop in points.
+technique fits to, at most FIT_LIMIT inputs) and a validation part (what the
+budget is measured on, never fitted to). A model is measured against the
+original on the validation part: top-1 agreement of score outputs, output
+cosine, relative output error; and, with labelled evaluation data, top-1
+accuracy and its drop in points.
+
+A budget on the validation part holds when it is shown at `confidence`
+(default 95%, one-sided), not merely met by the sample: agreement by the
+Clopper-Pearson lower bound of the agreeing count, cosine by the Student-t
+lower bound of the mean per-input cosine. Sixteen validation inputs that all
+agree show agreement >= 0.83 only, so a budget of 0.99 cannot be shown on them
+and planning refuses at once (`Budget.require_resolvable`) instead of writing
+a model that meets 0.99 on sixteen inputs and 0.90 on unseen ones. --max-drop
+is judged on the user's --eval data as given (its size is the user's choice);
+its 95% upper bound is reported beside it.
 """
 
 from __future__ import annotations
@@ -16,17 +27,23 @@ import onnx
 
 from ..errors import OnnxCompressError
 
-DEFAULT_VAL_FRACTION = 0.25
+DEFAULT_VAL_FRACTION = 0.25  # the validation share when the calibration inputs are few
+FIT_LIMIT = 256              # fitting inputs at most: what is left over validates
+DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_AGREEMENT = 0.99  # for score-vector outputs ([N, C], C >= 2)
 DEFAULT_MIN_COSINE = 0.99     # for other outputs
 
 
 def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
-                batch: int = 8) -> tuple[list[dict], list[dict], np.ndarray, np.ndarray]:
+                batch: int = 8, fit_limit: int | None = FIT_LIMIT) -> tuple[list[dict], list[dict], np.ndarray,
+                                                                           np.ndarray]:
     """(fitting feeds, validation feeds, fitting sample indices, validation sample indices).
 
     Samples (rows of the feeds, in order) are split by a seeded permutation; both parts are
-    re-batched. Feeds whose arrays cannot be concatenated are split as whole feeds."""
+    re-batched. The validation part is `val_fraction` of the samples, or every sample beyond
+    `fit_limit` fitting ones when that is more (fits gain little beyond a few hundred inputs; a
+    budget check gains from every one). Feeds whose arrays cannot be concatenated are split as
+    whole feeds."""
     if not 0.0 < val_fraction < 1.0:
         raise OnnxCompressError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if not feeds:
@@ -39,7 +56,10 @@ def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAUL
         merged, n = None, len(feeds)
     if n < 2:
         raise OnnxCompressError(f"--method auto needs at least 2 calibration inputs to hold some out, got {n}")
-    n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+    n_val = max(1, int(round(n * val_fraction)))
+    if fit_limit is not None:
+        n_val = max(n_val, n - fit_limit)
+    n_val = min(n - 1, n_val)
     order = rng.permutation(n)
     val_idx, fit_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     if merged is None:
@@ -49,6 +69,48 @@ def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAUL
         return [{k: v[idx[s:s + size]] for k, v in merged.items()} for s in range(0, len(idx), size)]
 
     return part(fit_idx, batch), part(val_idx, 32), fit_idx, val_idx
+
+
+def agreement_lower(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound at `confidence` of a rate seen as k of n."""
+    if n <= 0:
+        return 0.0
+    if confidence <= 0.0:
+        return k / n
+    if k <= 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1.0 - confidence, k, n - k + 1))
+
+
+def rate_upper(k: int, n: int, confidence: float) -> float:
+    """One-sided Clopper-Pearson upper bound at `confidence` of a rate seen as k of n."""
+    return 1.0 - agreement_lower(n - k, n, confidence)
+
+
+def mean_lower(values: np.ndarray, confidence: float) -> float:
+    """One-sided Student-t lower bound at `confidence` of the mean of `values`."""
+    v = np.asarray(values, np.float64).ravel()
+    mean = float(np.mean(v)) if v.size else 1.0
+    if confidence <= 0.0:
+        return mean
+    if v.size < 2:
+        return -1.0  # one input bounds nothing
+    from scipy.stats import t
+
+    sd = float(np.std(v, ddof=1))
+    return mean - float(t.ppf(confidence, v.size - 1)) * sd / np.sqrt(v.size)
+
+
+def inputs_to_show(min_agreement: float, confidence: float) -> int | None:
+    """The fewest validation inputs on which agreement >= min_agreement can be shown at
+    `confidence` (all of them agreeing); None when no count can show it."""
+    if confidence <= 0.0 or min_agreement <= 0.0:
+        return 1
+    if min_agreement >= 1.0:
+        return None
+    return int(np.ceil(np.log(1.0 - confidence) / np.log(min_agreement)))
 
 
 def is_score_output(y: np.ndarray) -> bool:
@@ -65,6 +127,11 @@ class Measurement:
     samples: int
     eval_top1: float | None = None
     eval_drop: float | None = None  # points (100 x fraction) below the original
+    confidence: float = DEFAULT_CONFIDENCE
+    agreement_lower: float | None = None  # one-sided lower bounds at `confidence` on unseen inputs
+    cosine_lower: float | None = None
+    eval_drop_upper: float | None = None  # one-sided upper bound of the drop at `confidence` (points)
+    eval_samples: int | None = None
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -76,16 +143,45 @@ class Budget:
     min_agreement: float | None = None   # top-1 agreement with the original on the validation part
     min_cosine: float | None = None      # output cosine on the validation part
     defaulted: list[str] = field(default_factory=list)
+    confidence: float = DEFAULT_CONFIDENCE  # 0: the sample's own values, no bound
 
     def violations(self, m: Measurement) -> list[str]:
         out = []
+        pct = f"{100 * self.confidence:g}%"
         if self.max_drop is not None and (m.eval_drop is None or m.eval_drop > self.max_drop + 1e-9):
             out.append(f"top-1 drop {m.eval_drop:.2f} points > {self.max_drop}")
-        if self.min_agreement is not None and (m.agreement is None or m.agreement < self.min_agreement):
-            out.append(f"agreement {m.agreement:.4f} < {self.min_agreement}")
-        if self.min_cosine is not None and m.cosine < self.min_cosine:
-            out.append(f"cosine {m.cosine:.4f} < {self.min_cosine}")
+        if self.min_agreement is not None:
+            shown = m.agreement if self.confidence <= 0 or m.agreement_lower is None else m.agreement_lower
+            if m.agreement is None or shown < self.min_agreement:
+                out.append(f"agreement {m.agreement} on {m.samples} inputs" + (
+                    f", >= {shown:.4f} at {pct}" if self.confidence > 0 and shown is not None else "")
+                    + f" < {self.min_agreement}")
+        if self.min_cosine is not None:
+            shown = m.cosine if self.confidence <= 0 or m.cosine_lower is None else m.cosine_lower
+            if shown < self.min_cosine:
+                out.append(f"cosine {m.cosine:.4f} on {m.samples} inputs"
+                           + (f", >= {shown:.4f} at {pct}" if self.confidence > 0 else "") + f" < {self.min_cosine}")
         return out
+
+    def require_resolvable(self, n_val: int, fit_inputs: int) -> None:
+        """Refuses a budget the validation part is too small to show, before any planning."""
+        if self.min_agreement is None or self.confidence <= 0:
+            return
+        need = inputs_to_show(self.min_agreement, self.confidence)
+        if need is not None and n_val >= need:
+            return
+        pct = f"{100 * self.confidence:g}%"
+        floor = agreement_lower(n_val, n_val, self.confidence)
+        if need is None:
+            raise OnnxCompressError(f"top-1 agreement >= {self.min_agreement} cannot be shown at {pct} on any "
+                                    "number of validation inputs: give --min-agreement below 1, or --confidence 0 "
+                                    "to judge the validation inputs' own agreement")
+        raise OnnxCompressError(
+            f"{n_val} validation inputs cannot show top-1 agreement >= {self.min_agreement}: even if all of them "
+            f"agree, agreement on unseen inputs is only known to be >= {floor:.3f} ({pct} one-sided). Showing "
+            f"{self.min_agreement} needs at least {need} validation inputs: give at least {fit_inputs + need} "
+            f"calibration inputs (--calib-limit; at most {FIT_LIMIT} are fitted to, the rest validate), or a "
+            f"looser budget (--min-agreement {floor:.3f}), or --confidence 0 to judge the sample's own agreement")
 
     def holds(self, m: Measurement) -> bool:
         return not self.violations(m)
@@ -98,14 +194,17 @@ class Budget:
             parts.append(f"top-1 agreement >= {self.min_agreement} on the validation inputs")
         if self.min_cosine is not None:
             parts.append(f"output cosine >= {self.min_cosine} on the validation inputs")
-        return " and ".join(parts) + (" (default)" if self.defaulted else "")
+        shown = (f", shown at {100 * self.confidence:g}% confidence" if self.confidence > 0 and (
+            self.min_agreement is not None or self.min_cosine is not None) else "")
+        return " and ".join(parts) + shown + (" (default)" if self.defaulted else "")
 
     def as_dict(self) -> dict:
         return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
-                "defaulted": list(self.defaulted), "text": self.describe()}
+                "confidence": self.confidence, "defaulted": list(self.defaulted), "text": self.describe()}
 
 
-def resolve_budget(max_drop, min_agreement, min_cosine, score_outputs: bool, has_eval: bool) -> Budget:
+def resolve_budget(max_drop, min_agreement, min_cosine, score_outputs: bool, has_eval: bool,
+                   confidence: float = DEFAULT_CONFIDENCE) -> Budget:
     """The budget given, or the default: agreement for score outputs, cosine for others."""
     if max_drop is not None:
         if not 0.0 <= max_drop <= 100.0:
@@ -119,7 +218,9 @@ def resolve_budget(max_drop, min_agreement, min_cosine, score_outputs: bool, has
         raise OnnxCompressError("--min-agreement needs a score output ([N, classes]); use --min-cosine")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise OnnxCompressError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
-    budget = Budget(max_drop, min_agreement, min_cosine)
+    if not 0.0 <= confidence < 1.0:
+        raise OnnxCompressError(f"--confidence must be in [0, 1) (0: no bound), got {confidence}")
+    budget = Budget(max_drop, min_agreement, min_cosine, confidence=confidence)
     if max_drop is None and min_agreement is None and min_cosine is None:
         if score_outputs:
             budget.min_agreement = DEFAULT_MIN_AGREEMENT
@@ -155,63 +256,93 @@ def _run_all(session, feeds) -> list[np.ndarray]:
     return [np.concatenate(o) if np.ndim(o[0]) >= 1 else np.stack(o) for o in outs]
 
 
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float64)
     b = b.reshape(len(b), -1).astype(np.float64)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1.0), 1.0)
-    return float(np.mean(cos))
+    return np.where(den > 0, np.sum(a * b, axis=1) / np.where(den > 0, den, 1.0), 1.0)
+
+
+SCREEN_INPUTS = 256  # validation inputs a candidate alone is measured on (its error orders the candidates)
 
 
 class Evaluator:
     """Measures models against `original` on the validation feeds and, when given,
-    labelled evaluation data (x, y)."""
+    labelled evaluation data (x, y). `confidence` sets the bounds each Measurement carries."""
 
     def __init__(self, original: onnx.ModelProto, val_feeds: list[dict], eval_data=None, threads: int | None = 1,
-                 eval_batch: int = 64):
+                 eval_batch: int = 64, confidence: float = DEFAULT_CONFIDENCE, screen_inputs: int = SCREEN_INPUTS):
         self.val_feeds = val_feeds
         self.threads = threads
         self.eval_data = eval_data
         self.eval_batch = eval_batch
+        self.confidence = confidence
         session = _session(original.SerializeToString(), threads)
         self.reference = _run_all(session, val_feeds)
         self.score = [is_score_output(y) for y in self.reference]
         self.samples = len(self.reference[0]) if self.reference and np.ndim(self.reference[0]) else len(val_feeds)
-        self.eval_top1 = self._top1(session) if eval_data is not None else None
+        # the screening subset: the first whole feeds holding `screen_inputs` samples
+        self.screen_feeds, rows = [], 0
+        for f in val_feeds:
+            if rows >= screen_inputs:
+                break
+            self.screen_feeds.append(f)
+            rows += len(next(iter(f.values()))) if f and np.ndim(next(iter(f.values()))) else 1
+        self.screen_reference = ([r[:rows] for r in self.reference] if len(self.screen_feeds) < len(val_feeds)
+                                 else self.reference)
+        self.eval_correct = self._correct(session) if eval_data is not None else None
+        self.eval_top1 = float(np.mean(self.eval_correct)) if eval_data is not None else None
         self.count = 0
 
     @property
     def has_score_output(self) -> bool:
         return any(self.score)
 
-    def _top1(self, session) -> float:
+    def _correct(self, session) -> np.ndarray:
         x, y = self.eval_data
         name = session.get_inputs()[0].name
-        correct = 0
+        out = []
         for s in range(0, len(x), self.eval_batch):
             scores = session.run(None, {name: x[s:s + self.eval_batch]})[0]
-            correct += int(np.sum(np.argmax(scores.reshape(len(scores), -1), axis=1) == y[s:s + self.eval_batch]))
-        return correct / len(x)
+            out.append(np.argmax(scores.reshape(len(scores), -1), axis=1) == y[s:s + self.eval_batch])
+        return np.concatenate(out)
 
-    def measure(self, model: onnx.ModelProto, with_eval: bool = True) -> Measurement:
+    def measure(self, model: onnx.ModelProto, with_eval: bool = True, screen: bool = False) -> Measurement:
+        """The model against the original on the validation inputs (`screen`: on the first
+        SCREEN_INPUTS of them only, for ordering candidates, never for the budget)."""
         from ..model_io import prepare_for_runtime
 
         self.count += 1
         proto = prepare_for_runtime(onnx.ModelProto.FromString(model.SerializeToString()))
         session = _session(proto.SerializeToString(), self.threads)
-        outs = _run_all(session, self.val_feeds)
-        agreement, cosine, rel = None, 1.0, 0.0
-        for ref, out, score in zip(self.reference, outs, self.score):
+        feeds, reference = (self.screen_feeds, self.screen_reference) if screen else (self.val_feeds, self.reference)
+        outs = _run_all(session, feeds)
+        agreement, agree_k, cosine, cos_rows, rel = None, None, 1.0, None, 0.0
+        samples = len(reference[0]) if reference and np.ndim(reference[0]) else len(feeds)
+        for ref, out, score in zip(reference, outs, self.score):
             if ref.shape != out.shape:
                 raise OnnxCompressError(f"output shapes differ: {ref.shape} vs {out.shape}")
             if score:
-                a = float(np.mean(np.argmax(ref, axis=1) == np.argmax(out, axis=1)))
-                agreement = a if agreement is None else min(agreement, a)
-            cosine = min(cosine, _row_cosine(ref, out))
+                k = int(np.sum(np.argmax(ref, axis=1) == np.argmax(out, axis=1)))
+                if agree_k is None or k < agree_k:
+                    agree_k, agreement = k, k / len(ref)
+            rows = _row_cosines(ref, out)
+            if cos_rows is None or float(np.mean(rows)) < cosine:
+                cosine, cos_rows = float(np.mean(rows)), rows
             d = (out.astype(np.float64) - ref).ravel()
             rel = max(rel, float(d @ d) / max(float(np.sum(ref.astype(np.float64) ** 2)), 1e-300))
-        m = Measurement(agreement, cosine, rel, self.samples)
+        m = Measurement(agreement, min(cosine, 1.0), rel, samples, confidence=self.confidence)
+        if agree_k is not None:
+            m.agreement_lower = agreement_lower(agree_k, samples, self.confidence)
+        m.cosine_lower = mean_lower(cos_rows, self.confidence) if cos_rows is not None else 1.0
         if with_eval and self.eval_data is not None:
-            m.eval_top1 = self._top1(session)
+            correct = self._correct(session)
+            n = len(correct)
+            lost = int(np.sum(self.eval_correct & ~correct))
+            gained = int(np.sum(~self.eval_correct & correct))
+            m.eval_samples = n
+            m.eval_top1 = float(np.mean(correct))
             m.eval_drop = 100.0 * (self.eval_top1 - m.eval_top1)
+            # conservative: the lost rate at its upper bound, less what was gained
+            m.eval_drop_upper = 100.0 * (rate_upper(lost, n, self.confidence) - gained / n)
         return m

@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxCompressError
-from .budget import DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget, split_feeds
+from .budget import (DEFAULT_CONFIDENCE, DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget,
+                     split_feeds)
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, longest_passing
 from .splice import Replacement, replacement_of, revert, splice, splice_into
@@ -83,18 +84,6 @@ def _pays_more(outcome: StageOutcome, best_speedup: float) -> bool:
     return outcome.meets_budget and outcome.speedup > max(best_speedup, 1.0 + MIN_SAVED_FRACTION)
 
 
-def _agreement_floor(m) -> float | None:
-    """The one-sided 95% Clopper-Pearson lower bound of the top-1 agreement on unseen inputs,
-    from the agreement measured on `m.samples` validation inputs."""
-    if m.agreement is None or not m.samples:
-        return None
-    from scipy.stats import beta
-
-    n = int(m.samples)
-    k = int(round(m.agreement * n))
-    return 0.0 if k == 0 else float(beta.ppf(0.05, k, n - k + 1))
-
-
 def _conv_order(model: onnx.ModelProto) -> list[str]:
     from ..calibration.capture import conv_names
 
@@ -105,7 +94,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                max_drop: float | None = None, min_agreement: float | None = None, min_cosine: float | None = None,
                eval_data: tuple[np.ndarray, np.ndarray] | None = None, layers=None, kinds=None,
                candidates: list[Candidate] | None = None, threads: int = 1,
-               val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0, timing_cache: str | None = None,
+               val_fraction: float = DEFAULT_VAL_FRACTION, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
+               timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
                report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False,
                progress: Callable[[str], None] | None = None) -> PlanResult:
@@ -136,8 +126,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     cands = candidates if candidates is not None else candidate_list(per_layer_kinds)
 
     fit_feeds, val_feeds, fit_idx, val_idx = split_feeds(calib_feeds, val_fraction, seed)
-    evaluator = Evaluator(canon, val_feeds, eval_data)
-    budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None)
+    evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence)
+    budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None,
+                            confidence)
+    budget.require_resolvable(len(val_idx), len(fit_idx))
     with_eval = budget.max_drop is not None
     say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
         + (f" and the whole-model stage(s) {', '.join(stage_names)}" if stage_names else "")
@@ -237,7 +229,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                     continue
                 replacements[(n, c.label)], records[(n, c.label)] = rep, recs[n]
         for n in paying:
-            m = evaluator.measure(splice(canon, [replacements[(n, c.label)]]), with_eval=False)
+            m = evaluator.measure(splice(canon, [replacements[(n, c.label)]]), with_eval=False, screen=True)
             r = results[n][c.label]
             r.status, r.error, r.cosine, r.agreement = "measured", m.rel_error, m.cosine, m.agreement
             r.details = dict(records[(n, c.label)].details)
@@ -305,7 +297,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 if rep is None:
                     continue
                 replacements[(n, c.label)], records[(n, c.label)] = rep, recs[n]
-                m = evaluator.measure(splice(canon, [rep]), with_eval=False)
+                m = evaluator.measure(splice(canon, [rep]), with_eval=False, screen=True)
                 r = results[n].get(c.label)
                 if r is not None:
                     r.status, r.error, r.cosine, r.agreement = "measured", m.rel_error, m.cosine, m.agreement
@@ -561,14 +553,15 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         timer.cache.save()
     if eval_data is not None and final_m.eval_top1 is None:
         final_m = evaluator.measure(final, with_eval=True)
-    agreement_floor = _agreement_floor(final_m)
-    if agreement_floor is not None and budget.min_agreement is not None and agreement_floor < budget.min_agreement:
-        notes.append(f"the budget was measured on {final_m.samples} held-out calibration inputs: with "
-                     f"{final_m.agreement:.4f} of them agreeing, the agreement on unseen inputs is only known to be "
-                     f">= {agreement_floor:.3f} (95% one-sided); more --calib inputs make the check tighter")
+    if final_m.eval_drop_upper is not None and budget.max_drop is not None and \
+            final_m.eval_drop_upper > budget.max_drop + 1e-9:
+        notes.append(f"the top-1 drop on the {final_m.eval_samples} --eval inputs is {final_m.eval_drop:.2f} points "
+                     f"(within --max-drop {budget.max_drop}), but on unseen inputs it is only known to be <= "
+                     f"{final_m.eval_drop_upper:.2f} ({100 * confidence:g}% one-sided): more --eval inputs "
+                     "make the check tighter")
     summary = {
         "budget": budget.as_dict(), "achieved": final_m.as_dict(), "meets_budget": budget.holds(final_m),
-        "agreement_lower_95": None if agreement_floor is None else round(agreement_floor, 4),
+        "confidence": confidence,
         "original_eval_top1": evaluator.eval_top1,
         "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,
         "layers_replaced": len(kept) + len(staged), "conv_layers": len(order),

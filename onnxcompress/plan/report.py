@@ -30,16 +30,21 @@ def print_plan(report, echo) -> None:
         if r.get("candidates"):
             echo(f"  {r['name']}: {_candidates_cell(r) or 'none measured'}")
     a = plan["achieved"]
-    achieved = [f"agreement {a['agreement']}" if a.get("agreement") is not None else "",
-                f"cosine {a['cosine']}", f"relative error {a['rel_error']}"]
+    conf = plan.get("confidence") or 0
+    pct = f"{100 * conf:g}%"
+
+    def bounded(name, value, lower):
+        return f"{name} {value}" + (f" (>= {lower} on unseen inputs at {pct})" if conf and lower is not None else "")
+
+    achieved = [bounded("agreement", a["agreement"], a.get("agreement_lower")) if a.get("agreement") is not None
+                else "", bounded("cosine", a["cosine"], a.get("cosine_lower")), f"relative error {a['rel_error']}"]
     echo(f"budget: {plan['budget']['text']}; achieved on {plan['validation_inputs']} validation inputs: "
          + ", ".join(x for x in achieved if x) + (" (meets it)" if plan["meets_budget"] else " (MISSES IT)"))
-    if plan.get("agreement_lower_95") is not None:
-        echo(f"agreement on unseen inputs, 95% one-sided lower bound from the validation inputs: "
-             f"{plan['agreement_lower_95']}")
     if plan.get("original_eval_top1") is not None:
         echo(f"evaluation data: top-1 {plan['original_eval_top1']:.4f} -> {a.get('eval_top1'):.4f} "
-             f"({a.get('eval_drop'):+.2f} points lost)")
+             f"({a.get('eval_drop'):+.2f} points lost"
+             + (f"; <= {a['eval_drop_upper']:.2f} on unseen inputs at {pct}" if a.get("eval_drop_upper") is not None
+                and conf else "") + ")")
     sp = ", ".join(f"{v:.3f}x at {t} thread{'s' if t != '1' else ''}" for t, v in plan["speedup"].items())
     echo(f"{plan['layers_replaced']} of {plan['conv_layers']} Conv replaced ({plan['plan']} fit); measured "
          f"speedup against the canonicalised original: {sp}; Conv MACs at batch 1 {plan['macs_before']:,} -> "

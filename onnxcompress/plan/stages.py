@@ -125,7 +125,7 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
         # the damage of each layer alone, then the longest least-damaging prefix that holds
         alone = {}
         for n in layers:
-            alone[n] = evaluator.measure(stage.apply(base, [n], feeds), with_eval=False).rel_error
+            alone[n] = evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
         gentle = sorted(layers, key=lambda n: (alone[n], n))
         trials = {}
 

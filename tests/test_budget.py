@@ -1,0 +1,67 @@
+"""The budget's statistics: bounds on unseen inputs from the validation inputs, the split that
+gives the budget most of a large calibration set, and the refusal of budgets a small
+validation part cannot show. References: scipy's own distributions and closed forms."""
+
+import numpy as np
+import pytest
+from scipy.stats import beta, t
+
+from onnxcompress.errors import OnnxCompressError
+from onnxcompress.plan.budget import (FIT_LIMIT, Budget, Measurement, agreement_lower, inputs_to_show, mean_lower,
+                                      rate_upper, split_feeds)
+
+
+def test_agreement_lower_is_clopper_pearson():
+    assert agreement_lower(16, 16, 0.95) == pytest.approx(0.05 ** (1 / 16))  # k = n: closed form
+    assert agreement_lower(990, 1000, 0.95) == pytest.approx(beta.ppf(0.05, 990, 11))
+    assert agreement_lower(0, 10, 0.95) == 0.0
+    assert agreement_lower(7, 10, 0.0) == 0.7  # no confidence: the sample's own rate
+    assert rate_upper(0, 100, 0.95) == pytest.approx(1 - 0.05 ** (1 / 100))
+    # the bound tightens with more inputs at the same rate
+    assert agreement_lower(99, 100, 0.95) < agreement_lower(990, 1000, 0.95) < 0.99
+
+
+def test_mean_lower_is_student_t():
+    v = np.array([0.99, 0.97, 0.995, 0.98, 0.96])
+    want = v.mean() - t.ppf(0.95, 4) * v.std(ddof=1) / np.sqrt(5)
+    assert mean_lower(v, 0.95) == pytest.approx(want)
+    assert mean_lower(v, 0.0) == pytest.approx(v.mean())
+    assert mean_lower(np.array([0.99]), 0.95) == -1.0  # one input bounds nothing
+    assert mean_lower(np.ones(4), 0.95) == pytest.approx(1.0)
+
+
+def test_inputs_to_show():
+    n = inputs_to_show(0.99, 0.95)
+    assert n == 299 and agreement_lower(n, n, 0.95) >= 0.99 > agreement_lower(n - 1, n - 1, 0.95)
+    assert inputs_to_show(1.0, 0.95) is None and inputs_to_show(1.0, 0.0) == 1
+
+
+def test_budget_holds_on_the_bound_not_the_sample():
+    b = Budget(min_agreement=0.99)
+    m = Measurement(agreement=1.0, cosine=1.0, rel_error=0.0, samples=16, agreement_lower=0.8296)
+    assert not b.holds(m) and ">= 0.8296 at 95%" in b.violations(m)[0]
+    assert Budget(min_agreement=0.99, confidence=0.0).holds(m)
+    c = Budget(min_cosine=0.98)
+    assert not c.holds(Measurement(None, 0.985, 0.0, 8, cosine_lower=0.975))
+    assert c.holds(Measurement(None, 0.985, 0.0, 8, cosine_lower=0.981))
+
+
+def test_require_resolvable_names_what_would_show_the_budget():
+    with pytest.raises(OnnxCompressError, match=r"at least 299 validation inputs: give at least 555 calibration"):
+        Budget(min_agreement=0.99).require_resolvable(64, 256)
+    Budget(min_agreement=0.99).require_resolvable(299, 256)
+    Budget(min_agreement=0.99, confidence=0.0).require_resolvable(4, 12)
+    Budget(min_cosine=0.99).require_resolvable(4, 12)  # a cosine bound is judged as measured
+    with pytest.raises(OnnxCompressError, match="cannot be shown"):
+        Budget(min_agreement=1.0).require_resolvable(10_000, 256)
+
+
+def test_split_fits_at_most_fit_limit_and_validates_the_rest():
+    feeds = [{"x": np.arange(i * 64, i * 64 + 64, dtype=np.float32)[:, None]} for i in range(20)]  # 1,280
+    fit, val, fi, vi = split_feeds(feeds, 0.25, seed=0)
+    assert len(fi) == FIT_LIMIT and len(vi) == 1280 - FIT_LIMIT
+    assert set(fi).isdisjoint(vi)
+    _, _, fi, vi = split_feeds(feeds[:4], 0.25, seed=0)  # 256 samples: the fraction rules
+    assert len(vi) == 64 and len(fi) == 192
+    _, _, fi, vi = split_feeds(feeds, 0.25, seed=0, fit_limit=None)
+    assert len(vi) == 320
