@@ -102,7 +102,7 @@ def _following_activation(model: onnx.ModelProto, conv: str) -> str | None:
     return None
 
 
-def _at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
+def at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` converted to ONNX opset 13 if it is older: per-channel QDQ needs the `axis` of
     QuantizeLinear / DequantizeLinear (opset 13), and ORT's quantizer writes it whatever the
     model's opset (an opset-11 model then fails to load)."""
@@ -238,7 +238,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     if len({n.name for n in model.graph.node}) != len(model.graph.node):
         raise OnnxCompressError("quantize: node names must be unique (ORT's quantizer selects nodes by name)")
     extra = dict(extra_options or {})
-    model = _at_least_opset_13(model)
+    model = at_least_opset_13(model)
     with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
         workdir = Path(tmp)
         pre = _pre_process(model, workdir)

@@ -172,3 +172,23 @@ def test_a_budget_the_validation_inputs_cannot_show_is_refused_before_planning()
     text = str(err.value)
     assert "16 validation inputs cannot show" in text and "at least 299 validation inputs" in text
     assert "0.829" in text  # 0.05 ** (1 / 16)
+
+
+def test_an_old_opset_model_is_converted_once_per_stage_run(monkeypatch):
+    """The stage's give-back quantizes the model once per trial; the opset-11 model is converted
+    to opset 13 once for all of them, not once per trial."""
+    from onnx import version_converter
+
+    model = modelgen.small_resnet()
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 11
+    feeds = _feeds(model)
+    full = plan_model(model, feeds, min_cosine=0.0, kinds="int8", timer=CostTimer(), report_threads=(1,))
+    budget = 1.0 - (1.0 - full.summary["achieved"]["cosine"]) / 3  # forces layers to be given back
+    calls = []
+    real = version_converter.convert_version
+    monkeypatch.setattr(version_converter, "convert_version", lambda m, v: calls.append(v) or real(m, v))
+    result = plan_model(model, feeds, min_cosine=budget, kinds="int8", timer=CostTimer(), report_threads=(1,))
+    st = [x for x in result.summary["stages"] if x["base"] == "original"][0]
+    assert st["given_back"] and calls == [13]

@@ -41,6 +41,8 @@ class Stage:
     max_feeds: int = 32
     # what the layer still computes, for the report (MACs stay MACs, in another type)
     work: Callable[[int], dict] = lambda macs: {"macs": macs}
+    # model -> the model `apply` is called on, made once per stage run (not once per give-back trial)
+    prepare: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
 
 
 STAGES: dict[str, Stage] = {}
@@ -63,8 +65,15 @@ def _int8_layers(model):
     return conv_names(model)
 
 
+def _int8_prepare(model):
+    from ..int8 import at_least_opset_13
+
+    return at_least_opset_13(model)
+
+
 register_stage(Stage("int8", "ORT static INT8 (QDQ, per-channel weights, MinMax ranges)", _int8_apply, _int8_layers,
-                     work=lambda macs: {"macs": macs, "precision": "int8", "note": "u8 x s8 MACs in ORT's QLinearConv"}))
+                     work=lambda macs: {"macs": macs, "precision": "int8", "note": "u8 x s8 MACs in ORT's QLinearConv"},
+                     prepare=_int8_prepare))
 
 
 def split_kinds(kinds) -> tuple[Any, list[str]]:
@@ -106,6 +115,7 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
     misses the budget, the layers most damaging alone are given back (bisection over the least
     damaging prefix); the result is timed with `speed`."""
     t0 = time.perf_counter()
+    base = stage.prepare(base)  # e.g. an opset-11 model converted once, not once per give-back trial
     layers = [n for n in stage.layers(base) if restrict is None or n in restrict]
     feeds = list(feeds)[:stage.max_feeds]
     out = StageOutcome(stage.name, base_name, [], None)
