@@ -100,7 +100,7 @@ def mean_lower(values: np.ndarray, confidence: float) -> float:
     from scipy.stats import t
 
     sd = float(np.std(v, ddof=1))
-    return mean - float(t.ppf(confidence, v.size - 1)) * sd / np.sqrt(v.size)
+    return float(mean - float(t.ppf(confidence, v.size - 1)) * sd / np.sqrt(v.size))
 
 
 def inputs_to_show(min_agreement: float, confidence: float) -> int | None:
