@@ -112,10 +112,15 @@ def at_least_opset_13(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnx import version_converter
 
     try:
-        return version_converter.convert_version(model, 13)
+        converted = version_converter.convert_version(model, 13)
     except Exception as exc:  # the converter raises several kinds
         raise OnnxCompressError(f"quantize: INT8 with per-channel weights needs opset 13; converting the model "
                                 f"from opset {opset} failed: {exc}") from None
+    # the converter's adapters add nodes without names (PP-OCR cls: 3); ORT's quantizer selects nodes by
+    # name, so they are named, the names already there kept
+    from .passes.name_nodes import name_nodes
+
+    return name_nodes(converted)[0]
 
 
 def _pre_process(model: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:

@@ -192,3 +192,28 @@ def test_an_old_opset_model_is_converted_once_per_stage_run(monkeypatch):
     result = plan_model(model, feeds, min_cosine=budget, kinds="int8", timer=CostTimer(), report_threads=(1,))
     st = [x for x in result.summary["stages"] if x["base"] == "original"][0]
     assert st["given_back"] and calls == [13]
+
+
+def test_int8_on_an_opset_11_model_whose_conversion_adds_unnamed_nodes():
+    """The converter's Squeeze adapter (axes: attribute -> input) adds a node without a name; ORT's
+    quantizer selects nodes by name, so INT8 refused PP-OCR cls as 'node names must be unique'."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcompress.int8 import at_least_opset_13, quantize_convs
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+         helper.make_node("Squeeze", ["p"], ["y"], name="squeeze", axes=[2, 3])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    converted = at_least_opset_13(model)
+    names = [n.name for n in converted.graph.node]
+    assert all(names) and len(set(names)) == len(names) and {"conv", "pool", "squeeze"} <= set(names)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((2, 3, 8, 8)).astype(np.float32)} for i in range(4)]
+    q = quantize_convs(model, feeds)
+    assert int8_convs(q) == ["conv"]
+    InferenceSession(q.SerializeToString()).run(None, feeds[0])

@@ -64,6 +64,15 @@ def test_portable_form_matches_basis_conv(model_fn):
     portable, rep_p = optimize(model, "penni", bases=3, coef_sparsity=0.5, portable=True, verify=True)
     assert not any(n.domain for n in portable.graph.node)
     assert any(n.op_type == "BasisConv" for n in ours.graph.node)
+    # group-1 layers: d depthwise Convs of channel multiplier 1 and a Concat (ORT's depthwise paths)
+    rewritten_g1 = [r for r in rep_p.layers if r["status"] == "rewritten" and r.get("group", 1) == 1]
+    assert sum(n.op_type == "Concat" for n in portable.graph.node) >= len(rewritten_g1)
+    for n in portable.graph.node:
+        if n.op_type == "Conv" and (".basis" in n.name or n.name.endswith(".bases")):
+            w = next(t for t in portable.graph.initializer if t.name == n.input[1])
+            group = next(a.i for a in n.attribute if a.name == "group")
+            multiplier = 3 if n.name.endswith(".bases") else 1  # grouped layers keep one Conv of multiplier d
+            assert w.dims[1] == 1 and w.dims[0] == group * multiplier, n.name
     x = np.random.default_rng(1).standard_normal([2] + [d.dim_value for d in
                                                        model.graph.input[0].type.tensor_type.shape.dim][1:])
     x = x.astype(np.float32)

@@ -160,19 +160,44 @@ class Penni(Technique):
         if opts.get("portable"):
             cin = coefs.shape[1] // bases.shape[0] * layer.group
             d, kh, kw = bases.shape
-            wb = np.ascontiguousarray(np.tile(bases[None], (cin, 1, 1, 1)).reshape(cin * d, 1, kh, kw))
-            maps = gs.Variable(unique_name(graph, f"{base}.basis_maps"), dtype=np.float32)
             attrs = {k: node.attrs[k] for k in _SPATIAL if k in node.attrs}
             attrs["group"] = cin
             attrs["kernel_shape"] = [kh, kw]
-            first = gs.Node("Conv", name=unique_name(graph, f"{base}.bases"), attrs=attrs,
-                            inputs=[x, gs.Constant(unique_name(graph, f"{base}.bases"), wb)], outputs=[maps])
+            first: list = []
+            if layer.group == 1:
+                # d depthwise Convs (one basis each, channel multiplier 1: ORT's depthwise paths, fp32
+                # NCHWc and u8 QLinearConv, take them), concatenated basis-major, so the 1x1 Conv's
+                # columns are reordered from channel-major c*d+b to b*cin+c
+                parts = []
+                for b in range(d):
+                    wb = np.ascontiguousarray(np.broadcast_to(bases[b], (cin, 1, kh, kw)), dtype=np.float32)
+                    part = gs.Variable(unique_name(graph, f"{base}.basis_map{b}"), dtype=np.float32)
+                    first.append(gs.Node("Conv", name=unique_name(graph, f"{base}.basis{b}"), attrs=dict(attrs),
+                                         inputs=[x, gs.Constant(unique_name(graph, f"{base}.basis{b}"), wb)],
+                                         outputs=[part]))
+                    parts.append(part)
+                if d == 1:
+                    maps = parts[0]
+                else:
+                    maps = gs.Variable(unique_name(graph, f"{base}.basis_maps"), dtype=np.float32)
+                    first.append(gs.Node("Concat", name=unique_name(graph, f"{base}.basis_concat"),
+                                         attrs={"axis": 1}, inputs=parts, outputs=[maps]))
+                m = coefs.shape[0]
+                coefs = coefs.reshape(m, cin, d).transpose(0, 2, 1).reshape(m, d * cin)
+            else:
+                # grouped: the 1x1 Conv's groups read contiguous blocks of channel-major maps, so the
+                # basis stage stays one grouped Conv with channel multiplier d
+                wb = np.ascontiguousarray(np.tile(bases[None], (cin, 1, 1, 1)).reshape(cin * d, 1, kh, kw))
+                maps = gs.Variable(unique_name(graph, f"{base}.basis_maps"), dtype=np.float32)
+                first.append(gs.Node("Conv", name=unique_name(graph, f"{base}.bases"), attrs=attrs,
+                                     inputs=[x, gs.Constant(unique_name(graph, f"{base}.bases"), wb)],
+                                     outputs=[maps]))
             inputs = [maps, gs.Constant(unique_name(graph, f"{base}.coefs"),
                                         np.ascontiguousarray(coefs.reshape(*coefs.shape, 1, 1)))] + tail
             second = gs.Node("Conv", name=node.name, attrs={"group": layer.group, "kernel_shape": [1, 1]},
                              inputs=inputs, outputs=list(node.outputs))
             node.outputs.clear()
-            return [first, second]
+            return first + [second]
         inputs = [x, gs.Constant(unique_name(graph, f"{base}.bases"), np.ascontiguousarray(bases)),
                   gs.Constant(unique_name(graph, f"{base}.coefs"), np.ascontiguousarray(coefs))] + tail
         return [make_custom_conv(node, "BasisConv", inputs, {})]
