@@ -217,3 +217,21 @@ def test_int8_on_an_opset_11_model_whose_conversion_adds_unnamed_nodes():
     q = quantize_convs(model, feeds)
     assert int8_convs(q) == ["conv"]
     InferenceSession(q.SerializeToString()).run(None, feeds[0])
+
+
+def test_a_portable_replacement_placed_in_the_int8_model_is_quantized_too():
+    """penni's portable form is standard Convs: placed into the INT8 model it is quantized with it
+    (every Conv of the written model runs in INT8), instead of running in fp32 between INT8 layers."""
+    model = modelgen.small_resnet()
+    feeds = _feeds(model)
+    portable = [c for c in candidate_list("penni") if c.opts.get("portable")]
+    assert portable
+    result = plan_model(model, feeds, min_cosine=0.5, kinds="penni,int8", candidates=portable,
+                        timer=CostTimer(per_int8=0.5), report_threads=(1,))
+    s = result.summary
+    assert s["meets_budget"] and "int8" in s["plan"]
+    chosen = [r for r in result.layers if "portable" in str(r.get("choice"))]
+    assert chosen, [r.get("choice") for r in result.layers]
+    convs = conv_names(result.model)
+    assert len(convs) > len(conv_names(model)) and sorted(int8_convs(result.model)) == sorted(convs)
+    assert _validation_cosine(model, result.model, feeds) >= 0.5

@@ -166,8 +166,24 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     base_model = base_stage.model if base_stage is not None else canon
     btimer = rebased(timer, base_model) if base_stage is not None else timer
 
-    def place(reps: list[Replacement]) -> onnx.ModelProto:
-        return splice_into(base_model, canon, reps) if base_stage is not None else splice(canon, reps)
+    from ..int8 import conv_names as standard_convs
+
+    canon_convs = set(order)
+
+    def place(reps: list[Replacement], quick: bool = False) -> onnx.ModelProto:
+        """The model with `reps` in their layers' stead: the original's, or the stage's (INT8) model.
+        A replacement made of standard Convs (penni's portable form) gets the stage too: the stage is
+        applied to the original with the replacements, on the layers it covered and the new Convs
+        (`quick`: ranges from two feeds, for timing only; the graph is the same)."""
+        if base_stage is None:
+            return splice(canon, reps)
+        if not any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") for r in reps for n in r.nodes):
+            return splice_into(base_model, canon, reps)
+        stage = STAGES[base_stage.stage]
+        fp32 = stage.prepare(splice(canon, reps))
+        covered = set(base_stage.layers)
+        names = [n for n in standard_convs(fp32) if n in covered or n not in canon_convs]
+        return stage.apply(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
 
     if base_stage is not None:
         say(f"auto: {base_stage.stage} on {len(base_stage.layers)} layers of the original times "
@@ -206,7 +222,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 results[n][c.label] = LayerResult(c.label, f"not eligible: {reason}")
                 continue
             quick_reps[(n, c.label)] = rep
-            alone = _finish(place([rep]), [])
+            alone = _finish(place([rep], quick=True), [])
             ref_ms, cand_ms = btimer.time(alone, key=f"{n}|{c.label}")
             if ref_ms - cand_ms > MIN_SAVED_FRACTION * ref_ms:  # confirmed by three times the runs
                 ref_ms, cand_ms = btimer.time(alone, key=f"{n}|{c.label}|confirm", runs=3 * btimer.runs)
@@ -268,7 +284,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # until the budget holds; such a plan replaces the path's when it saves more, timed as a whole.
     # compared as speedups: the machine's load moves the reference time between timings
     def saving_of(plan: dict[str, Measured], reps_of) -> float:
-        ref_ms, cand_ms = btimer.time(_finish(place([reps_of[(n, m.label)] for n, m in plan.items()]), []),
+        ref_ms, cand_ms = btimer.time(_finish(place([reps_of[(n, m.label)] for n, m in plan.items()], True), []),
                                       key=None)
         return ref_ms / cand_ms
 
@@ -278,7 +294,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         eligible = [n for n in targets if (n, c.label) in quick_reps]
         if len(eligible) < 2:
             continue
-        ref_ms, cand_ms = btimer.time(_finish(place([quick_reps[(n, c.label)] for n in eligible]), []),
+        ref_ms, cand_ms = btimer.time(_finish(place([quick_reps[(n, c.label)] for n in eligible], True), []),
                                       key=f"all|{c.label}")
         wholes.append((ref_ms / cand_ms, c, eligible))
     timer.cache.save()
@@ -459,8 +475,9 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         final_speed = speedups.get(frozenset(kept)) if kept else 1.0
         winner: StageOutcome | None = None
         for sname in stage_names if kept else []:
+            # the Convs the plan left, and the standard Convs it wrote (penni's portable form)
             o = run_stage(STAGES[sname], "plan", final, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
-                          restrict=set(targets))
+                          restrict=set(targets) | (set(standard_convs(final)) - canon_convs))
             stage_outcomes.append(o)
             if _pays_more(o, winner.speedup if winner is not None else final_speed):
                 winner = o

@@ -86,8 +86,11 @@ class Penni(Technique):
         SEED,
     )
     ops = (OpSpec("BasisConv", basis_conv_schema, _weight_shape),)
+    # BasisConv (sparse coefficients), and the portable form with dense coefficients: standard
+    # Convs, which ORT runs in its blocked layout and the INT8 stage quantizes with the model
     ladder = ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},
-              {"bases": 5, "coef_sparsity": 0.7})
+              {"bases": 5, "coef_sparsity": 0.7},
+              {"bases": 3, "coef_sparsity": 0.0, "portable": True}, {"bases": 4, "coef_sparsity": 0.0, "portable": True})
     quick = {"data_free": True}
     plan_summary = "basis kernels, sparse coefficients"
 
@@ -249,7 +252,7 @@ class Penni(Technique):
         return Work(macs=None if ratio is None else int(round(macs * ratio)), bytes=details.get("bytes_after"))
 
     def label(self, opts):
-        return f"penni d={opts['bases']}/{opts['coef_sparsity']}"
+        return f"penni d={opts['bases']}/{opts['coef_sparsity']}" + (" portable" if opts.get("portable") else "")
 
 
 TECHNIQUE = Penni()
