@@ -90,7 +90,7 @@ class Penni(Technique):
     # Convs, which ORT runs in its blocked layout and the INT8 stage quantizes with the model
     ladder = ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},
               {"bases": 5, "coef_sparsity": 0.7},
-              {"bases": 3, "coef_sparsity": 0.0, "portable": True}, {"bases": 4, "coef_sparsity": 0.0, "portable": True})
+              {"bases": 2, "coef_sparsity": 0.0, "portable": True}, {"bases": 3, "coef_sparsity": 0.0, "portable": True})
     quick = {"data_free": True}
     plan_summary = "basis kernels, sparse coefficients"
 
