@@ -581,6 +581,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         "confidence": confidence,
         "original_eval_top1": evaluator.eval_top1,
         "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,
+        # what model_ms timed: the model every per-layer candidate was timed against
+        "model_ms_of": f"{base_stage.stage} on the original" if base_stage is not None else "the original",
         "layers_replaced": len(kept) + len(staged), "conv_layers": len(order),
         "plan": plan_kind if kept or staged else "original", "int8_macs": int(int8_macs),
         "stages": [o.as_dict() for o in stage_outcomes],
