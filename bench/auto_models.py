@@ -6,8 +6,9 @@ default (256 fitted to; top-1 agreement >= 0.99 shown at 95% on the other 1,024)
 written model against the original on data the plan never saw: top-1 on a seeded
 class-balanced sample of the test set (another seed for photo crops: top-1 agreement;
 plus the 20 labelled ImageNet images for MobileNetV2), and whole-model latency at 1 and 2
-threads (batch 1, medians of interleaved runs). Prints a table; writes the models and
-reports under --out.
+threads (batch 1, medians of interleaved runs) beside ORT's own static INT8 of the model
+(QDQ, per-channel, ranges from the same fitting inputs; held-out top-1 too), the three
+timed in one interleaved run. Prints a table; writes the models and reports under --out.
 
     python bench/auto_models.py                               # every model below
     python bench/auto_models.py --models digits_cnn,resnet20_fashion
@@ -95,17 +96,31 @@ def main() -> None:
             xi, yi = dataset_arrays("imagenet-val20", None, seed=0, model=model)
             quality += (f"; imagenet-val20 top-1 {int(np.sum(np.argmax(logits(prepare_for_runtime(model), xi), 1) == yi))}"
                         f" -> {int(np.sum(np.argmax(logits(prepare_for_runtime(out), xi), 1) == yi))} of {len(yi)}")
+        # ORT INT8 of the whole model, calibrated on the inputs the plan fitted to
+        from onnxcompress.int8 import quantize_convs
+        from onnxcompress.plan.budget import split_feeds
+
+        fit_feeds = split_feeds(feeds, seed=0)[0]
+        q_path = work / f"{name}.int8.onnx"
+        save_model(quantize_convs(model, fit_feeds[:32]), str(q_path))
+        got_q = logits(prepare_for_runtime(load_model(q_path)), x)
+        q_quality = (f"{100 * np.mean(np.argmax(got_q, 1) == y):.2f}" if y is not None
+                     else f"agreement {np.mean(np.argmax(ref, 1) == np.argmax(got_q, 1)):.4f}")
         x1 = {model.graph.input[0].name: np.ascontiguousarray(x[:1])}
-        sp = {t: bench_models([str(path), str(out_path)], x1, t, runs=args.runs, warmup=5)[1].ratio_to_first
-              for t in (1, 2)}
+        sp, vs_q = {}, {}
+        for t in (1, 2):
+            lat = bench_models([str(path), str(q_path), str(out_path)], x1, t, runs=args.runs, warmup=5)
+            sp[t], vs_q[t] = lat[2].ratio_to_first, lat[2].ratio_to_first / lat[1].ratio_to_first
+            sp[f"q{t}"] = lat[1].ratio_to_first
         written = plan["plan"] if plan["plan"] == "original" else (
             f"{plan['plan']}: {plan['layers_replaced']}/{plan['conv_layers']} Conv "
             f"({plan['int8_macs'] / max(plan['macs_before'], 1):.0%} of MACs in INT8)")
         rows.append([name, what.split(":")[0], written, f"{sp[1]:.3f}", f"{sp[2]:.3f}",
-                     f"{len(x)}: {quality}", f"{seconds:.0f}", f"{rss / 1024:.0f}"])
+                     f"{sp['q1']:.3f} / {sp['q2']:.3f}", f"{vs_q[1]:.3f} / {vs_q[2]:.3f}",
+                     f"{len(x)}: {quality}; INT8 {q_quality}", f"{seconds:.0f}", f"{rss / 1024:.0f}"])
         print(" | ".join(rows[-1]), flush=True)
-    print(format_table(["model", "calibration", "written", "speedup 1T", "speedup 2T", "held-out check",
-                        "planning s", "process peak RSS MB"], rows))
+    print(format_table(["model", "calibration", "written", "speedup 1T", "speedup 2T", "ORT INT8 1T / 2T",
+                        "auto / INT8 1T / 2T", "held-out check", "planning s", "process peak RSS MB"], rows))
     print(f"(planner's budget: default, top-1 agreement >= 0.99 shown at 95% on the calibration inputs held out "
           f"of the fit ({args.calib} taken, at most 256 fitted to); "
           f"speedups from this script's own interleaved timing against the file as given; models in {work})")
