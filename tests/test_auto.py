@@ -329,3 +329,29 @@ def test_auto_on_a_model_without_node_names():
     names = [n.name for n in result.model.graph.node]
     assert all(names) and len(set(names)) == len(names)
     assert 1 <= len(_ours(result.model)) <= 2 and result.summary["meets_budget"]
+
+
+def test_cli_auto_takes_more_calibration_inputs_and_refuses_a_budget_it_cannot_show(tmp_path):
+    """auto's default --calib-limit is 1,280 (the single methods keep 256); a default agreement
+    budget on too few validation inputs is refused before planning, writing nothing."""
+    from onnxcompress.inputs import AUTO_CALIB_LIMIT, DEFAULT_CALIB_LIMIT
+
+    model = modelgen.small_resnet()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(0).standard_normal((1400, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", input=x)
+    out = tmp_path / "o.onnx"
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--calib", str(tmp_path / "c.npz"),
+                                  "--candidates", "falcon", "--min-cosine", "0.5", "--timing-cache", "off"])
+    assert r.exit_code == 0, r.output
+    assert f"calibration: {AUTO_CALIB_LIMIT} inputs" in r.output
+    assert f"256 fitting and {AUTO_CALIB_LIMIT - 256} validation inputs" in r.output
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(tmp_path / "p.onnx"), "--method", "penni",
+                                  "--calib", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0 and f"calibration: {DEFAULT_CALIB_LIMIT} inputs" in r.output
+    small = tmp_path / "small.onnx"
+    r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(small), "--calib", str(tmp_path / "c.npz"),
+                                  "--calib-limit", "64", "--min-agreement", "0.99"])
+    assert r.exit_code == 2 and "16 validation inputs cannot show top-1 agreement >= 0.99" in r.output
+    assert "at least 555 calibration inputs" in r.output and not small.exists()

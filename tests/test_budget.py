@@ -48,12 +48,12 @@ def test_budget_holds_on_the_bound_not_the_sample():
 
 def test_require_resolvable_names_what_would_show_the_budget():
     with pytest.raises(OnnxCompressError, match=r"at least 299 validation inputs: give at least 555 calibration"):
-        Budget(min_agreement=0.99).require_resolvable(64, 256)
-    Budget(min_agreement=0.99).require_resolvable(299, 256)
-    Budget(min_agreement=0.99, confidence=0.0).require_resolvable(4, 12)
-    Budget(min_cosine=0.99).require_resolvable(4, 12)  # a cosine bound is judged as measured
+        Budget(min_agreement=0.99).require_resolvable(64)
+    Budget(min_agreement=0.99).require_resolvable(299)
+    Budget(min_agreement=0.99, confidence=0.0).require_resolvable(4)
+    Budget(min_cosine=0.99).require_resolvable(4)  # a cosine bound is judged as measured
     with pytest.raises(OnnxCompressError, match="cannot be shown"):
-        Budget(min_agreement=1.0).require_resolvable(10_000, 256)
+        Budget(min_agreement=1.0).require_resolvable(10_000)
 
 
 def test_split_fits_at_most_fit_limit_and_validates_the_rest():

@@ -163,7 +163,7 @@ class Budget:
                            + (f", >= {shown:.4f} at {pct}" if self.confidence > 0 else "") + f" < {self.min_cosine}")
         return out
 
-    def require_resolvable(self, n_val: int, fit_inputs: int) -> None:
+    def require_resolvable(self, n_val: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> None:
         """Refuses a budget the validation part is too small to show, before any planning."""
         if self.min_agreement is None or self.confidence <= 0:
             return
@@ -179,7 +179,8 @@ class Budget:
         raise OnnxCompressError(
             f"{n_val} validation inputs cannot show top-1 agreement >= {self.min_agreement}: even if all of them "
             f"agree, agreement on unseen inputs is only known to be >= {floor:.3f} ({pct} one-sided). Showing "
-            f"{self.min_agreement} needs at least {need} validation inputs: give at least {fit_inputs + need} "
+            f"{self.min_agreement} needs at least {need} validation inputs: give at least "
+            f"{min(need + FIT_LIMIT, int(np.ceil(need / val_fraction)))} "
             f"calibration inputs (--calib-limit; at most {FIT_LIMIT} are fitted to, the rest validate), or a "
             f"looser budget (--min-agreement {floor:.3f}), or --confidence 0 to judge the sample's own agreement")
 

@@ -129,7 +129,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence)
     budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None,
                             confidence)
-    budget.require_resolvable(len(val_idx), len(fit_idx))
+    budget.require_resolvable(len(val_idx), val_fraction)
     with_eval = budget.max_drop is not None
     say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
         + (f" and the whole-model stage(s) {', '.join(stage_names)}" if stage_names else "")
