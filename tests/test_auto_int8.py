@@ -235,3 +235,26 @@ def test_a_portable_replacement_placed_in_the_int8_model_is_quantized_too():
     convs = conv_names(result.model)
     assert len(convs) > len(conv_names(model)) and sorted(int8_convs(result.model)) == sorted(convs)
     assert _validation_cosine(model, result.model, feeds) >= 0.5
+
+
+def test_ranges_are_calibrated_once_for_every_subset_of_one_model(monkeypatch):
+    """A static QDQ model's ranges are the fp32 model's, whichever Convs are quantized: the
+    give-back trials of one stage run reuse one calibration, and give the model a fresh
+    calibration of that subset gives."""
+    from onnxcompress import int8
+
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 16)
+    names = conv_names(model)
+    calls = []
+    real = int8._calibrate
+    monkeypatch.setattr(int8, "_calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    int8._PREPARED.clear()
+    first = int8.quantize_convs(model, feeds, nodes=names[:2])
+    second = int8.quantize_convs(model, feeds, nodes=names[2:4])
+    assert len(calls) == 1 and sorted(int8_convs(second)) == sorted(names[2:4])
+    int8._PREPARED.clear()
+    fresh = int8.quantize_convs(model, feeds, nodes=names[2:4])
+    assert len(calls) == 2 and fresh.SerializeToString() == second.SerializeToString()
+    int8.quantize_convs(model, _feeds(model, 8), nodes=names[:2])  # other feeds: calibrated again
+    assert len(calls) == 3 and first.graph.node
