@@ -9,7 +9,13 @@ Variants, all calibrated on the same seeded sample of the training digits:
   type ORT quantizes: Conv, Add, Gemm, ...), for reference;
 - PENNI d=3, 90% coefficient sparsity, one basis iteration (BasisConv);
 - PENNI + INT8: the same PENNI model, then the Convs PENNI left to ORT (the stem and any other)
-  quantized with quantize_convs.
+  quantized with quantize_convs;
+- PENNI's portable form with dense coefficients (--portable-bases, default d=2 and d=3):
+  standard Convs only (d depthwise Convs + Concat + a 1x1 Conv per layer), in fp32 and with
+  every Conv of it quantized by quantize_convs: the composition with INT8 the planner makes.
+
+Models whose file name says "fashion" are calibrated on Fashion-MNIST training images and
+evaluated on its test images; the others on the MNIST digits.
 
 Accuracy: top-1 on a seeded sample of the held-out digits, balanced over the labels (the
 held-out set is stored by label, so its first N are not a sample). Latency: batch 1, all
@@ -147,6 +153,14 @@ def build_variants(path: Path, feeds: list[dict], args) -> list[dict]:
     start = time.perf_counter()
     add(f"penni d={args.bases} s={args.sparsity} + INT8 rest", quantize_convs(penni, feeds, left),
         t_penni + time.perf_counter() - start, f"INT8: {', '.join(left) or 'none'}")
+    for d in args.portable_bases:
+        start = time.perf_counter()
+        portable, _ = optimize(original, "penni", calib_feeds=feeds, bases=d, coef_sparsity=0.0, portable=True)
+        t_portable = time.perf_counter() - start
+        add(f"penni portable d={d} dense", portable, t_portable, "standard Convs")
+        start = time.perf_counter()
+        add(f"penni portable d={d} dense + INT8 all", quantize_convs(portable, feeds),
+            t_portable + time.perf_counter() - start, "every Conv of the portable form in INT8")
     stem = stem_name(original)
     if stem and stem not in left and not args.no_stem_variant:
         start = time.perf_counter()
@@ -168,6 +182,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the median is reported")
+    parser.add_argument("--portable-bases", type=int, nargs="*", default=[2, 3],
+                        help="d of the portable dense PENNI variants (none: leave them out)")
     parser.add_argument("--no-stem-variant", action="store_true",
                         help="skip the variant that keeps the stem out of PENNI's plan (a second PENNI fit)")
     parser.add_argument("--json", type=Path)
@@ -181,18 +197,21 @@ def main() -> None:
 
 def run(args) -> None:
     print(machine_summary())
-    x_eval, y_eval = dataset_arrays("mnist-test", args.eval, seed=0)  # seeded, class-balanced
     results = {"machine": machine_summary(), "models": {}}
-    built = {}
+    built, held_out = {}, {}
     for path in args.models:
+        data = "fashion" if "fashion" in path.name else "mnist"
+        x_eval, y_eval = dataset_arrays(f"{data}-test", args.eval, seed=0)  # seeded, class-balanced
+        held_out[path] = (x_eval, y_eval)
         original = load_model(path)
-        feeds = calibration_feeds(original, "mnist-train", args.calib, batch=16)  # seeded, class-balanced
+        feeds = calibration_feeds(original, f"{data}-train", args.calib, batch=16)  # seeded, class-balanced
         rows = build_variants(path, feeds, args)
         for r in rows:
             r["top1"] = evaluate_accuracy(r["model"], x_eval, y_eval).top1
         built[path] = rows
     # timings last, after every model is built and evaluated
     for path, rows in built.items():
+        x_eval, _ = held_out[path]
         name = load_model(path).graph.input[0].name
         feed = {name: x_eval[:1]}
         for t in args.threads:
@@ -222,8 +241,8 @@ def run(args) -> None:
             headers += [f"ms {t}t", f"x fp32 {t}t", f"x int8 {t}t"]
             if t == 1:
                 headers += ["CPU ms 1t", "x fp32 CPU", "x int8 CPU"]
-        print(f"\n== {path.name}: {len(x_eval)} held-out digits (balanced, seed 0), {args.calib} calibration "
-              f"digits; latency batch 1, median of {args.rounds} interleaved rounds of {args.runs} runs")
+        print(f"\n== {path.name}: {len(x_eval)} held-out test images (balanced, seed 0), {args.calib} calibration "
+              f"images; latency batch 1, median of {args.rounds} interleaved rounds of {args.runs} runs")
         print(format_table(headers, table))
         for r in rows:
             spreads = ", ".join(f"{t}t {r[f'spread_{t}t']:.3f} ms" for t in args.threads)
