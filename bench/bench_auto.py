@@ -5,7 +5,8 @@ seeded class-balanced sample of mnist-test split into a selection part (what
 auto's --max-drop is measured on, and what picks the best single setting) and a
 disjoint test part (reported, never used to choose). Every single-method setting
 of the planner's ladder is run as `optimize --method M` would run it (sequential
-fit on all the calibration inputs), and so is ORT's static INT8 on every Conv (QDQ,
+fit on the calibration inputs auto fits to: its seeded fitting part, at most 256 of
+the --calib inputs; the rest are auto's validation part), and so is ORT's static INT8 on every Conv (QDQ,
 per-channel, the same calibration inputs: what a user picks instead); auto runs as the command line does, in a
 child process, so that its planning time and peak RSS are its own. Speedups are
 whole-model medians, interleaved, batch 1, at 1 and 2 threads.
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
-from onnxcompress.inputs import dataset_arrays  # noqa: E402
+from onnxcompress.inputs import AUTO_CALIB_LIMIT, dataset_arrays  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime, save_model  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.plan.candidates import KINDS, candidate_list  # noqa: E402
@@ -96,7 +97,9 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     print(f"  auto: planned in {auto['seconds']:.0f} s, peak RSS {auto['peak_rss_mb']:.0f} MB; "
           f"speedup {sp[1]:.3f}x / {sp[2]:.3f}x", flush=True)
 
-    calib_feeds = [{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)]
+    from onnxcompress.plan.budget import split_feeds
+
+    calib_feeds = split_feeds([{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)], seed=0)[0]  # auto's fit part
     best = None
     per_layer, stages = split_kinds(args.candidates)
     settings = [(c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
@@ -132,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=[str(REPO / "models/digits_cnn.onnx"),
                                                  str(REPO / "models/resnet18_mnist.onnx")])
-    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--calib", type=int, default=AUTO_CALIB_LIMIT)
     ap.add_argument("--eval", type=int, default=1000, help="mnist-test digits auto and the best setting select on")
     ap.add_argument("--test", type=int, default=1000, help="further mnist-test digits, reported only")
     ap.add_argument("--max-drop", type=float, default=0.5)
