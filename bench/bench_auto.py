@@ -5,8 +5,8 @@ seeded class-balanced sample of mnist-test split into a selection part (what
 auto's --max-drop is measured on, and what picks the best single setting) and a
 disjoint test part (reported, never used to choose). Every single-method setting
 of the planner's ladder is run as `optimize --method M` would run it (sequential
-fit on the calibration inputs auto fits to: its seeded fitting part, at most 256 of
-the --calib inputs; the rest are auto's validation part), and so is ORT's static INT8 on every Conv (QDQ,
+fit on a fitting part like auto's: a seeded 256 of
+the --calib inputs, the rest being what auto validates on), and so is ORT's static INT8 on every Conv (QDQ,
 per-channel, the same calibration inputs: what a user picks instead); auto runs as the command line does, in a
 child process, so that its planning time and peak RSS are its own. Speedups are
 whole-model medians, interleaved, batch 1, at 1 and 2 threads.
@@ -99,7 +99,7 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
 
     from onnxcompress.plan.budget import split_feeds
 
-    calib_feeds = split_feeds([{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)], seed=0)[0]  # auto's fit part
+    calib_feeds = split_feeds([{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)], seed=0)[0]  # 256, as auto fits to
     best = None
     per_layer, stages = split_kinds(args.candidates)
     settings = [(c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
