@@ -183,7 +183,12 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         fp32 = stage.prepare(splice(canon, reps))
         covered = set(base_stage.layers)
         names = [n for n in standard_convs(fp32) if n in covered or n not in canon_convs]
-        return stage.apply(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
+        try:
+            return stage.apply(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
+        except OnnxCompressError as exc:  # the stage cannot take it: the replacement stays fp32 in the stage
+            log.info("auto: %s cannot take the replacement(s) of %s (%s); placed in fp32", base_stage.stage,
+                     [r.layer for r in reps], exc)
+            return splice_into(base_model, canon, reps)
 
     if base_stage is not None:
         say(f"auto: {base_stage.stage} on {len(base_stage.layers)} layers of the original times "
