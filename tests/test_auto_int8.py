@@ -258,3 +258,27 @@ def test_ranges_are_calibrated_once_for_every_subset_of_one_model(monkeypatch):
     assert len(calls) == 2 and fresh.SerializeToString() == second.SerializeToString()
     int8.quantize_convs(model, _feeds(model, 8), nodes=names[:2])  # other feeds: calibrated again
     assert len(calls) == 3 and first.graph.node
+
+
+def test_a_replacement_the_stage_cannot_quantize_is_placed_in_fp32(monkeypatch):
+    """Where ORT's quantizer fails on a model holding a portable replacement, the replacement is
+    placed in fp32 in the INT8 model and planning goes on (it used to end the plan)."""
+    import dataclasses
+
+    from onnxcompress.plan import stages
+
+    real = stages.STAGES["int8"]
+
+    def failing(model, layers, feeds):
+        if any(n.op_type == "Concat" for n in model.graph.node):
+            raise OnnxCompressError("quantize: ONNX Runtime's quantizer failed: injected")
+        return real.apply(model, layers, feeds)
+
+    monkeypatch.setitem(stages.STAGES, "int8", dataclasses.replace(real, apply=failing))
+    model = modelgen.small_resnet()
+    feeds = _feeds(model)
+    portable = [c for c in candidate_list("penni") if c.opts.get("portable")]
+    result = plan_model(model, feeds, min_cosine=0.5, kinds="penni,int8", candidates=portable,
+                        timer=CostTimer(per_int8=0.5), report_threads=(1,))
+    assert result.summary["meets_budget"] and "int8" in result.summary["plan"]
+    InferenceSession(result.model.SerializeToString()).run(None, feeds[0])
