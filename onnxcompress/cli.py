@@ -129,7 +129,8 @@ def _method_options(command):
               help="The technique (see README). auto (needs --calib) plans every Conv across the techniques: the "
                    "fastest model, as measured, within a budget measured on calibration inputs held out of the "
                    "fit: by default top-1 agreement >= 0.99 with the original for score outputs, output cosine "
-                   ">= 0.99 for others (--max-drop, --min-agreement, --min-cosine).")
+                   ">= 0.99 for others, shown at 95% confidence (--max-drop, --min-agreement, --min-cosine, "
+                   "--confidence).")
 @click.option("--calib", help="Calibration inputs: an .npz, a folder of images, a dataset name "
               f"({', '.join(DATASETS)}) or 'photos'. A seeded, shuffled sample is taken, "
               "class-balanced where labels exist.")

@@ -1,6 +1,8 @@
 """`--method auto`: the fastest model within a budget, planned per layer and proved on held-out data.
 
-1. Canonicalise; split the calibration inputs (seeded) into fitting and validation parts.
+1. Canonicalise; split the calibration inputs (seeded) into fitting (at most 256) and validation
+   parts; refuse a budget the validation part is too small to show (plan/budget.py: budgets on
+   it hold when shown at `confidence`, by lower bounds, not by the sample's own values).
 2. Fit every candidate setting on the whole model once, every layer independently (on the
    original's activations, fitting part only), and take each layer's replacement out of it.
 3. Per layer and candidate: the model with only that replacement, timed against the
