@@ -268,18 +268,19 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
         workdir = Path(tmp)
         key = _fingerprint(model, calib_feeds, method, extra)
+        pre_path, cache = workdir / "pre.onnx", workdir / "ranges.json"
         if key in _PREPARED:
             _PREPARED.move_to_end(key)
             pre_bytes, ranges_json = _PREPARED[key]
             pre = onnx.ModelProto.FromString(pre_bytes)
+            pre_path.write_bytes(pre_bytes)
+            cache.write_text(ranges_json)
         else:
             pre = _pre_process(model, workdir)
-            pre_path = workdir / "pre.onnx"
             onnx.save(pre, str(pre_path))
             kinds = ["Conv"] + sorted({n.op_type for n in pre.graph.node if n.op_type in ACTIVATIONS})
-            save_tensors_data(_calibrate(pre_path, kinds, calib_feeds, method, workdir, extra), workdir / "r.json")
-            ranges_json = (workdir / "r.json").read_text()
-            _PREPARED[key] = (pre.SerializeToString(), ranges_json)
+            save_tensors_data(_calibrate(pre_path, kinds, calib_feeds, method, workdir, extra), cache)
+            _PREPARED[key] = (pre_path.read_bytes(), cache.read_text())
             while len(_PREPARED) > _PREPARED_ENTRIES:
                 _PREPARED.popitem(last=False)
         missing = [n for n in chosen if n not in set(conv_names(pre))]
@@ -291,10 +292,6 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             acts = [a for a in (_following_activation(pre, c) for c in chosen) if a]
             selected += acts
             op_types += sorted({n.op_type for n in pre.graph.node if n.name in acts})
-        pre_path = workdir / "pre.onnx"
-        onnx.save(pre, str(pre_path))
-        cache = workdir / "ranges.json"
-        cache.write_text(ranges_json)
         ours = [n.name for n in pre.graph.node if n.domain == DOMAIN]
         out = workdir / "int8.onnx"
         try:

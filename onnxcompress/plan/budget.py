@@ -150,17 +150,16 @@ class Budget:
         pct = f"{100 * self.confidence:g}%"
         if self.max_drop is not None and (m.eval_drop is None or m.eval_drop > self.max_drop + 1e-9):
             out.append(f"top-1 drop {m.eval_drop:.2f} points > {self.max_drop}")
-        if self.min_agreement is not None:
-            shown = m.agreement if self.confidence <= 0 or m.agreement_lower is None else m.agreement_lower
-            if m.agreement is None or shown < self.min_agreement:
-                out.append(f"agreement {m.agreement} on {m.samples} inputs" + (
-                    f", >= {shown:.4f} at {pct}" if self.confidence > 0 and shown is not None else "")
-                    + f" < {self.min_agreement}")
-        if self.min_cosine is not None:
-            shown = m.cosine if self.confidence <= 0 or m.cosine_lower is None else m.cosine_lower
-            if shown < self.min_cosine:
-                out.append(f"cosine {m.cosine:.4f} on {m.samples} inputs"
-                           + (f", >= {shown:.4f} at {pct}" if self.confidence > 0 else "") + f" < {self.min_cosine}")
+        for name, floor, value, lower in (("agreement", self.min_agreement, m.agreement, m.agreement_lower),
+                                          ("cosine", self.min_cosine, m.cosine, m.cosine_lower)):
+            if floor is None:
+                continue
+            # what the budget is judged by: the lower bound on unseen inputs, or with no confidence the sample
+            shown = value if self.confidence <= 0 or lower is None else lower
+            if shown is None or shown < floor:
+                out.append(f"{name} {value if value is None else f'{value:.4f}'} on {m.samples} inputs"
+                           + (f", >= {shown:.4f} at {pct}" if self.confidence > 0 and shown is not None else "")
+                           + f" < {floor}")
         return out
 
     def require_resolvable(self, n_val: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> None:
@@ -289,8 +288,9 @@ class Evaluator:
                 break
             self.screen_feeds.append(f)
             rows += len(next(iter(f.values()))) if f and np.ndim(next(iter(f.values()))) else 1
-        self.screen_reference = ([r[:rows] for r in self.reference] if len(self.screen_feeds) < len(val_feeds)
-                                 else self.reference)
+        screened = len(self.screen_feeds) < len(val_feeds)
+        self.screen_reference = [r[:rows] for r in self.reference] if screened else self.reference
+        self.screen_samples = rows if screened else self.samples
         self.eval_correct = self._correct(session) if eval_data is not None else None
         self.eval_top1 = float(np.mean(self.eval_correct)) if eval_data is not None else None
         self.count = 0
@@ -316,10 +316,10 @@ class Evaluator:
         self.count += 1
         proto = prepare_for_runtime(onnx.ModelProto.FromString(model.SerializeToString()))
         session = _session(proto.SerializeToString(), self.threads)
-        feeds, reference = (self.screen_feeds, self.screen_reference) if screen else (self.val_feeds, self.reference)
+        feeds, reference, samples = ((self.screen_feeds, self.screen_reference, self.screen_samples) if screen
+                                     else (self.val_feeds, self.reference, self.samples))
         outs = _run_all(session, feeds)
         agreement, agree_k, cosine, cos_rows, rel = None, None, 1.0, None, 0.0
-        samples = len(reference[0]) if reference and np.ndim(reference[0]) else len(feeds)
         for ref, out, score in zip(reference, outs, self.score):
             if ref.shape != out.shape:
                 raise OnnxCompressError(f"output shapes differ: {ref.shape} vs {out.shape}")
