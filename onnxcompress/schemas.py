@@ -51,10 +51,11 @@ def conv_op_schema(name: str, doc: str, inputs: list, attributes: list | None = 
     return schema
 
 
-def conv_like_inference(filter_of):
+def conv_like_inference(filter_of, elem_type: int | None = None):
     """Shape inference for an op that computes (or approximates) a Conv: Y [N, M, OH, OW]
     from X [N, C, H, W] and Conv's attributes. `filter_of(dims, attr)` gives
-    (M, (kH, kW)) from the node's input shapes and attributes, or None if unknown."""
+    (M, (kH, kW)) from the node's input shapes and attributes, or None if unknown.
+    elem_type: Y's element type (onnx.TensorProto), float32 unless given."""
     from onnx import TensorProto, TypeProto
 
     def infer(ctx) -> None:
@@ -69,7 +70,7 @@ def conv_like_inference(filter_of):
             return default if a is None else onnx.helper.get_attribute_value(a)
 
         out = TypeProto()
-        out.tensor_type.elem_type = TensorProto.FLOAT
+        out.tensor_type.elem_type = TensorProto.FLOAT if elem_type is None else elem_type
         x, found = dims(0), None
         if x is not None and len(x) == 4:
             found = filter_of(dims, attr)

@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -27,12 +28,23 @@ struct KernelBase {
   }
 };
 
+// The output type of a kernel: Kernel::OutputType() where it declares one, else float.
+template <typename Kernel, typename = void>
+struct OutputTypeOf {
+  static ONNXTensorElementDataType Get() { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+template <typename Kernel>
+struct OutputTypeOf<Kernel, std::void_t<decltype(Kernel::OutputType())>> {
+  static ONNXTensorElementDataType Get() { return Kernel::OutputType(); }
+};
+
 // Kernel must provide:
 //   static constexpr const char* kName; static constexpr size_t kInputCount;
 //   static ONNXTensorElementDataType InputType(size_t);
 //   static bool InputOptional(size_t);
 //   static Ort::Status InferOutputShape(Ort::ShapeInferContext&);
 //   explicit Kernel(const Ort::ConstKernelInfo&)  (validates; throws InvalidNode)
+// and may provide static ONNXTensorElementDataType OutputType() (default float).
 template <typename Kernel>
 struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel>, Kernel, /*WithStatus=*/true> {
   // ORT's shape inference enters here instead of through the base's entry, so that the
@@ -57,7 +69,7 @@ struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel>, Kernel, /*WithStatus=*/tru
     return Kernel::InputOptional(i) ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return OutputTypeOf<Kernel>::Get(); }
 
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* raw, void** kernel) const {
     Ort::ConstKernelInfo info{raw};

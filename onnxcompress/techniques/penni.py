@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from .. import schemas
+from .. import DOMAIN, schemas
 from ..calibration import conv_attrs
 from ..fitting import penni as fit
 from ..fitting.penni import DEFAULT_BASES, DEFAULT_COEF_SPARSITY
@@ -40,6 +41,48 @@ def basis_conv_schema():
             schemas.param("B", "bias [M], a constant initializer", optional=True),
         ],
         inference=schemas.conv_like_inference(dense_filter))
+
+
+QLINEAR_INPUTS = (
+    ("X", "T1", "input [N, C, H, W], u8"),
+    ("x_scale", "tensor(float)", "X's scale, a scalar constant initializer"),
+    ("x_zero_point", "T1", "X's zero point, a scalar constant initializer"),
+    ("W", "T2", "depthwise filter [C*d, 1, kH, kW], s8, a constant initializer"),
+    ("w_scale", "tensor(float)", "W's scales, [C*d] or a scalar, constant initializer"),
+    ("w_zero_point", "T2", "W's zero points, [C*d] or a scalar, all 0, constant initializer"),
+    ("y_scale", "tensor(float)", "Y's scale, a scalar constant initializer"),
+    ("y_zero_point", "T1", "Y's zero point, a scalar constant initializer"),
+    ("B", "T3", "bias [C*d], int32 in the scale x_scale * w_scale, a constant initializer"),
+)
+
+
+def qlinear_depthwise_conv_schema():
+    from onnx.defs import OpSchema
+
+    def dense_filter(dims, attr):  # W [M, 1, kH, kW]
+        w = dims(3)
+        return None if w is None or len(w) != 4 else (w[0], (w[2], w[3]))
+
+    single, optional = OpSchema.FormalParameterOption.Single, OpSchema.FormalParameterOption.Optional
+    inputs = [OpSchema.FormalParameter(name, t, doc, param_option=optional if name == "B" else single)
+              for name, t, doc in QLINEAR_INPUTS]
+    attributes = [a for a in schemas.conv_attributes() if a.name not in ("activation", "clip_min", "clip_max")]
+    schema = OpSchema(
+        "QLinearDepthwiseConv", DOMAIN, 1,
+        "ONNX QLinearConv restricted to a depthwise filter (group = C, C*d outputs, output o reads channel "
+        "o // d), u8 activations and s8 weights; bit for bit QLinearConv's result. Penni's basis stage in an "
+        "INT8 model (see docs/ops.md).",
+        inputs=inputs, outputs=[OpSchema.FormalParameter("Y", "T1", "output [N, C*d, OH, OW], u8")],
+        type_constraints=[("T1", ["tensor(uint8)"], "u8 activations"), ("T2", ["tensor(int8)"], "s8 weights"),
+                          ("T3", ["tensor(int32)"], "int32 bias")],
+        attributes=attributes)
+    schema.set_type_and_shape_inference_function(schemas.conv_like_inference(dense_filter, onnx.TensorProto.UINT8))
+    return schema
+
+
+def _depthwise_weight_shape(node) -> list | None:
+    w = constant_input(node, 3)
+    return list(w.shape) if w is not None and w.ndim == 4 else None
 
 
 def _weight_shape(node) -> list | None:
@@ -85,7 +128,9 @@ class Penni(Technique):
         CALIB_ROWS,
         SEED,
     )
-    ops = (OpSpec("BasisConv", basis_conv_schema, _weight_shape),)
+    ops = (OpSpec("BasisConv", basis_conv_schema, _weight_shape),
+           # the portable form's basis stage in an INT8 model (passes/fuse_quantized_basis.py)
+           OpSpec("QLinearDepthwiseConv", qlinear_depthwise_conv_schema, _depthwise_weight_shape))
     # BasisConv (sparse coefficients), and the portable form with dense coefficients: standard
     # Convs, which ORT runs in its blocked layout and the INT8 stage quantizes with the model
     ladder = ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},

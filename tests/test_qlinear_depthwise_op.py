@@ -1,0 +1,227 @@
+"""ai.onnxcompress.QLinearDepthwiseConv against ONNX Runtime's own QLinearConv on the same
+inputs (u8 activations, s8 weights, a depthwise filter with channel multiplier d): the
+outputs must be equal bit for bit, for every geometry, each instruction set of this CPU,
+per-channel and per-tensor weight scales, with and without bias; and malformed nodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from ophelpers import DOMAIN, ISAS, assert_malformed_nodes_fail_cleanly, assert_rejected, conv_attrs, creation_error, session  # noqa: E402
+
+OP = "QLinearDepthwiseConv"
+NAMES = ["X", "x_scale", "x_zero_point", "W", "w_scale", "w_zero_point", "y_scale", "y_zero_point", "B"]
+
+
+def _model(op, domain, case, params, with_bias, x_type=TensorProto.UINT8):
+    inits = [numpy_helper.from_array(v, k) for k, v in params.items() if k != "X" and (k != "B" or with_bias)]
+    names = NAMES if with_bias else NAMES[:8]
+    node = helper.make_node(op, names, ["Y"], domain=domain, **conv_attrs(case))
+    x = helper.make_tensor_value_info("X", x_type, ["N", "C", "H", "W"])
+    y = helper.make_tensor_value_info("Y", TensorProto.UINT8, None)
+    graph = helper.make_graph([node], "g", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    model.ir_version = 9
+    return model
+
+
+def build_case(case_tuple, seed=0, per_channel=True):
+    _, n, c, h, w, d, k, extra = case_tuple
+    rng = np.random.default_rng(seed)
+    m = c * d
+    case = {"pads": [k // 2] * 4, **extra, "group": c}
+    params = {
+        "x_scale": np.float32(rng.uniform(0.005, 0.05)),
+        "x_zero_point": np.uint8(rng.integers(0, 256)),
+        "W": rng.integers(-128, 128, (m, 1, k, k)).astype(np.int8),
+        "w_scale": (rng.uniform(0.001, 0.02, m) if per_channel else rng.uniform(0.001, 0.02, 1)).astype(np.float32),
+        "w_zero_point": np.zeros(m if per_channel else 1, np.int8),
+        "y_scale": np.float32(rng.uniform(0.02, 0.3)),
+        "y_zero_point": np.uint8(rng.integers(0, 256)),
+        "B": rng.integers(-3000, 3000, m).astype(np.int32),
+    }
+    x = rng.integers(0, 256, (n, c, h, w)).astype(np.uint8)
+    return case, params, x
+
+
+# (name, N, C, H, W, d, k, extra attributes)
+CASES = [
+    ("3x3_d3", 1, 16, 14, 14, 3, 3, {}),
+    ("3x3_d1", 1, 8, 9, 11, 1, 3, {}),
+    ("3x3_d2_wide", 1, 4, 6, 150, 2, 3, {}),
+    ("3x3_d3_stride2", 1, 8, 15, 14, 3, 3, {"strides": [2, 2]}),
+    ("3x3_stride_2x1", 2, 5, 9, 9, 2, 3, {"strides": [2, 1]}),
+    ("5x5_d4_dil2", 1, 6, 13, 12, 4, 5, {"pads": [4, 4, 4, 4], "dilations": [2, 2]}),
+    ("asym_pads", 1, 3, 8, 8, 3, 3, {"pads": [0, 2, 1, 0]}),
+    ("valid", 2, 3, 8, 7, 2, 3, {"pads": [0, 0, 0, 0]}),
+    ("same_upper_s2", 1, 4, 9, 9, 3, 3, {"pads": None, "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ("1x1_d5", 1, 7, 5, 5, 5, 1, {}),
+]
+
+
+def _case(t):
+    case, params, x = build_case(t)
+    if case.get("pads") is None:
+        del case["pads"]
+    return case, params, x
+
+
+def _run_both(case, params, x, with_bias, isa=None, threads=2):
+    want = session(_model("QLinearConv", "", case, params, with_bias)).run(None, {"X": x})[0]
+    got = session(_model(OP, DOMAIN, case, params, with_bias), isa, threads).run(None, {"X": x})[0]
+    return got, want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case_tuple", CASES, ids=[c[0] for c in CASES])
+def test_matches_ort_qlinearconv_bit_for_bit(case_tuple, isa):
+    case, params, x = _case(case_tuple)
+    for with_bias in (True, False):
+        got, want = _run_both(case, params, x, with_bias, isa)
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want, err_msg=f"{case_tuple[0]} {isa} bias={with_bias}")
+
+
+def test_per_tensor_weight_scale_and_threads():
+    case, params, x = build_case(CASES[0], seed=5, per_channel=False)
+    for threads in (1, 2, 3):
+        got, want = _run_both(case, params, x, True, threads=threads)
+        np.testing.assert_array_equal(got, want, err_msg=f"threads={threads}")
+
+
+def test_saturates_at_both_ends():
+    """Large sums clamp to 0 and 255 exactly as QLinearConv does."""
+    case, params, x = build_case(CASES[0], seed=6)
+    params["y_scale"] = np.float32(1e-4)
+    got, want = _run_both(case, params, x, True)
+    assert (got == 0).any() and (got == 255).any()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_output_channel_order_is_channel_major():
+    """Output o reads input channel o // d, as QLinearConv with group = C (docs/ops.md)."""
+    case, params, x = build_case(("order", 1, 3, 6, 6, 2, 3, {}), seed=7)
+    params["W"][:] = 0
+    params["W"][5, 0, 1, 1] = 1  # output 5 = channel 2's centre tap
+    params["B"][:] = 0
+    params.update(x_scale=np.float32(1.0), w_scale=np.ones(6, np.float32), y_scale=np.float32(1.0),
+                  x_zero_point=np.uint8(0), y_zero_point=np.uint8(0))
+    got = session(_model(OP, DOMAIN, case, params, True)).run(None, {"X": x})[0]
+    np.testing.assert_array_equal(got[0, 5], x[0, 2])
+    assert np.all(got[0, :5] == 0)
+
+
+def test_huge_pads_direct_path():
+    case, params, x = build_case(("huge", 1, 2, 5, 6, 2, 3, {}), seed=8)
+    case.update(pads=[600, 700, 600, 700], strides=[64, 64])
+    got, want = _run_both(case, params, x, True)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_onnx_shape_inference_and_checker():
+    import onnxcompress.schemas as schemas
+
+    schemas.register_schemas()
+    case, params, _ = build_case(CASES[3])
+    model = _model(OP, DOMAIN, case, params, True)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.UINT8, ["N", 8, 15, 14]))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("Y", TensorProto.UINT8, ["N", "M", "OH", "OW"]))
+    onnx.checker.check_model(model, full_check=True)
+    model.graph.output[0].type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    out = inferred.graph.output[0].type.tensor_type
+    assert out.elem_type == TensorProto.UINT8
+    assert [d.dim_value or d.dim_param for d in out.shape.dim] == ["N", 24, 8, 7]
+
+
+def test_unknown_isa_is_an_error():
+    case, params, _ = build_case(CASES[0])
+    with pytest.raises(Exception, match="ONNXCOMPRESS_ISA"):
+        session(_model(OP, DOMAIN, case, params, True), isa="sse9")
+
+
+# ---------------------------------------------------------------- malformed nodes
+
+def _node_model(attrs=None, as_input=None, inputs=None, **overrides):
+    params = {
+        "x_scale": np.float32(0.02), "x_zero_point": np.uint8(3),
+        "W": np.ones((6, 1, 3, 3), np.int8), "w_scale": np.full(6, 0.01, np.float32),
+        "w_zero_point": np.zeros(6, np.int8), "y_scale": np.float32(0.1), "y_zero_point": np.uint8(7),
+        "B": np.zeros(6, np.int32),
+    }
+    params.update(overrides)
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in params.items() if k != as_input]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.UINT8, ["N", "C", "H", "W"])]
+    if as_input:
+        v = np.asarray(params[as_input])
+        graph_inputs.append(helper.make_tensor_value_info(as_input, helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                          list(v.shape)))
+    node = helper.make_node(OP, inputs or NAMES, ["Y"], domain=DOMAIN, **{"group": 3, "pads": [1, 1, 1, 1],
+                                                                         **(attrs or {})})
+    y = helper.make_tensor_value_info("Y", TensorProto.UINT8, None)
+    graph = helper.make_graph([node], "g", graph_inputs, [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    model.ir_version = 9
+    return model
+
+
+MALFORMED = {
+    "w_not_initializer": dict(as_input="W"),
+    "x_scale_not_initializer": dict(as_input="x_scale"),
+    "w_rank3": dict(W=np.ones((6, 3, 3), np.int8)),
+    "w_not_depthwise": dict(W=np.ones((6, 2, 3, 3), np.int8)),
+    "w_uint8": dict(W=np.ones((6, 1, 3, 3), np.uint8)),
+    "w_empty": dict(W=np.ones((0, 1, 3, 3), np.int8), w_scale=np.ones(0, np.float32),
+                    w_zero_point=np.zeros(0, np.int8), B=np.zeros(0, np.int32)),
+    "group_not_dividing": dict(attrs={"group": 4}),
+    "w_scale_count": dict(w_scale=np.full(5, 0.01, np.float32)),
+    "w_scale_zero": dict(w_scale=np.zeros(6, np.float32)),
+    "w_scale_nan": dict(w_scale=np.full(6, np.nan, np.float32)),
+    "x_scale_negative": dict(x_scale=np.float32(-1.0)),
+    "x_scale_two": dict(x_scale=np.ones(2, np.float32)),
+    "y_scale_inf": dict(y_scale=np.float32(np.inf)),
+    "scale_overflow": dict(x_scale=np.float32(3e38), y_scale=np.float32(1e-30)),
+    "w_zero_point_nonzero": dict(w_zero_point=np.ones(6, np.int8)),
+    "w_zero_point_count": dict(w_zero_point=np.zeros(4, np.int8)),
+    "x_zero_point_int8": dict(x_zero_point=np.int8(0)),
+    "b_wrong_shape": dict(B=np.zeros(5, np.int32)),
+    "b_float": dict(B=np.zeros(6, np.float32)),
+    "b_huge": dict(B=np.full(6, 2**30 + 5, np.int32)),
+    "huge_kernel": dict(W=np.ones((3, 1, 200, 200), np.int8), w_scale=np.full(3, 0.01, np.float32),
+                        w_zero_point=np.zeros(3, np.int8), B=np.zeros(3, np.int32)),
+    "pads_count": dict(attrs={"pads": [1, 1]}),
+    "negative_pads": dict(attrs={"pads": [-1, 0, 0, 0]}),
+    "stride0": dict(attrs={"strides": [0, 1]}),
+    "kernel_shape_mismatch": dict(attrs={"kernel_shape": [5, 5]}),
+    "unknown_auto_pad": dict(attrs={"auto_pad": "FULL"}),
+    "fused_activation": dict(attrs={"activation": "Relu"}),
+    "too_few_inputs": dict(inputs=NAMES[:6]),
+    "too_many_inputs": dict(inputs=NAMES + ["B"]),
+}
+# Caught by ONNX Runtime's own graph check (input count or element type the op declares)
+# before our kernel sees the node; every other case must fail in our validation.
+REJECTED_BY_ORT = {"w_uint8", "x_zero_point_int8", "b_float", "too_few_inputs", "too_many_inputs"}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_node_is_a_validation_error_at_session_creation(name):
+    model = _node_model(**dict(MALFORMED[name]))  # the bad node itself must build
+    assert_rejected(creation_error(model), OP, name in REJECTED_BY_ORT)
+
+
+@pytest.mark.parametrize("x_shape", [(1, 5, 6, 6), (1, 3, 6), (0, 3, 6, 6)])
+def test_bad_runtime_input(x_shape):
+    s = session(_node_model())
+    x = np.ones(x_shape, np.uint8)
+    if x_shape[0] == 0:  # an empty batch is fine
+        assert s.run(None, {"X": x})[0].shape == (0, 6, 6, 6)
+        return
+    with pytest.raises(Exception, match=f"{OP}|Invalid rank for input: X"):
+        s.run(None, {"X": x})
+
+
+def test_malformed_nodes_do_not_crash_the_process():
+    """Every malformed node in a fresh interpreter: a crash (not an exception) would show as an exit code."""
+    assert_malformed_nodes_fail_cleanly("test_qlinear_depthwise_op")
