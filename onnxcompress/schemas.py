@@ -51,12 +51,13 @@ def conv_op_schema(name: str, doc: str, inputs: list, attributes: list | None = 
     return schema
 
 
-def conv_like_inference(filter_of, elem_type: int | None = None):
+def conv_like_inference(filter_of, elem_type: int = onnx.TensorProto.FLOAT, channels_last=None):
     """Shape inference for an op that computes (or approximates) a Conv: Y [N, M, OH, OW]
     from X [N, C, H, W] and Conv's attributes. `filter_of(dims, attr)` gives
     (M, (kH, kW)) from the node's input shapes and attributes, or None if unknown.
-    elem_type: Y's element type (onnx.TensorProto), float32 unless given."""
-    from onnx import TensorProto, TypeProto
+    elem_type: Y's element type; channels_last(attr): whether X is [N, H, W, C] and Y
+    [N, OH, OW, M] (None: never)."""
+    from onnx import TypeProto
 
     def infer(ctx) -> None:
         def dims(i):
@@ -70,10 +71,13 @@ def conv_like_inference(filter_of, elem_type: int | None = None):
             return default if a is None else onnx.helper.get_attribute_value(a)
 
         out = TypeProto()
-        out.tensor_type.elem_type = TensorProto.FLOAT if elem_type is None else elem_type
+        out.tensor_type.elem_type = elem_type
         x, found = dims(0), None
+        last = channels_last is not None and channels_last(attr)
         if x is not None and len(x) == 4:
             found = filter_of(dims, attr)
+            if last:
+                x = [x[0], x[3], x[1], x[2]]
         if found is not None:
             m, kernel = found
             auto_pad = attr("auto_pad", b"NOTSET")
@@ -91,7 +95,7 @@ def conv_like_inference(filter_of, elem_type: int | None = None):
                     shape[2 + axis] = (size - extent) // strides[axis] + 1
                 else:
                     shape[2 + axis] = (size + pads[axis] + pads[axis + 2] - extent) // strides[axis] + 1
-            for i, v in enumerate(shape):
+            for i, v in enumerate([shape[i] for i in ((0, 2, 3, 1) if last else range(4))]):
                 dim = out.tensor_type.shape.dim.add()
                 if i == 0:
                     dim.CopyFrom(ctx.get_input_type(0).tensor_type.shape.dim[0])

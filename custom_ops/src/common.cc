@@ -40,6 +40,48 @@ ShapeInferScope::ShapeInferScope(const OrtShapeInferContext* ctx) : previous_(Cu
 
 ShapeInferScope::~ShapeInferScope() { CurrentShapeInferContext() = previous_; }
 
+std::vector<InferDim> ShapeInferInputShape(size_t index) {
+  const OrtShapeInferContext* ctx = CurrentShapeInferContext();
+  if (ctx == nullptr) throw std::logic_error("ShapeInferInputShape outside a shape inference");
+  const OrtApi& api = Ort::GetApi();
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, index, &info));  // ORT keeps it
+  size_t rank = 0;
+  Ort::ThrowOnError(api.GetDimensionsCount(info, &rank));
+  std::vector<int64_t> values(rank);
+  std::vector<const char*> symbols(rank, nullptr);
+  if (rank > 0) {
+    Ort::ThrowOnError(api.GetDimensions(info, values.data(), rank));
+    Ort::ThrowOnError(api.GetSymbolicDimensions(info, symbols.data(), rank));
+  }
+  std::vector<InferDim> dims(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    dims[i].value = values[i] >= 0 ? values[i] : -1;
+    if (dims[i].value < 0 && symbols[i] != nullptr) dims[i].symbol = symbols[i];
+  }
+  return dims;
+}
+
+void ShapeInferSetOutputShape(size_t index, const std::vector<InferDim>& dims, ONNXTensorElementDataType type) {
+  const OrtShapeInferContext* ctx = CurrentShapeInferContext();
+  if (ctx == nullptr) throw std::logic_error("ShapeInferSetOutputShape outside a shape inference");
+  const OrtApi& api = Ort::GetApi();
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  Ort::ThrowOnError(api.CreateTensorTypeAndShapeInfo(&info));
+  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> owned(
+      info, [](OrtTensorTypeAndShapeInfo* p) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(p); });
+  std::vector<int64_t> values;
+  std::vector<const char*> symbols;
+  for (const InferDim& d : dims) {
+    values.push_back(d.value >= 0 ? d.value : -1);
+    symbols.push_back(d.value >= 0 ? "" : d.symbol.c_str());
+  }
+  Ort::ThrowOnError(api.SetTensorElementType(info, type));
+  Ort::ThrowOnError(api.SetDimensions(info, values.data(), values.size()));
+  Ort::ThrowOnError(api.SetSymbolicDimensions(info, symbols.data(), symbols.size()));
+  Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, index, info));
+}
+
 std::string ShapeInferAttrString(const char* name) {
   const OrtShapeInferContext* ctx = CurrentShapeInferContext();
   if (ctx == nullptr) throw std::logic_error("ShapeInferAttrString outside a shape inference");

@@ -70,36 +70,37 @@ ConvAttributes ConvAttributes::FromShapeInference(Ort::ShapeInferContext& ctx) {
   return ReadConvAttributes(ShapeInferSource{ctx});
 }
 
-Ort::Status InferConvOutputShape(Ort::ShapeInferContext& ctx, const std::vector<int64_t>& filter) {
+Ort::Status InferConvOutputShape(Ort::ShapeInferContext& ctx, const std::vector<int64_t>& filter, bool channels_last,
+                                 ONNXTensorElementDataType type) {
   try {
     Require(filter.size() == 4, "filter shape must be 4-D");
-    const auto& x = ctx.GetInputShape(0);
-    Require(x.size() == 4, "input X must be 4-D [N, C, H, W], got rank ", x.size());
+    const std::vector<InferDim> x = ShapeInferInputShape(0);
+    Require(x.size() == 4, "input X must be 4-D, got rank ", x.size());
+    const int h = channels_last ? 1 : 2;  // index of X's (and Y's) first spatial axis
     const ConvAttributes a = ConvAttributes::FromShapeInference(ctx);
     a.Validate(filter[0], filter[2], filter[3]);
-    Ort::ShapeInferContext::Shape out{x[0], filter[0], x[2], x[3]};
+    std::vector<InferDim> out(4);
+    out[0] = x[0];
+    out[channels_last ? 3 : 1].value = filter[0];
     for (int axis = 0; axis < 2; ++axis) {
-      const auto& in = x[2 + axis];
-      if (in.IsInt() && in.AsInt() >= 0) {
-        out[2 + axis] = ConvOutputSize(a, axis, in.AsInt(), filter[2 + axis], nullptr);
-      } else {
-        out[2 + axis] = Ort::ShapeInferContext::SymbolicInteger("");
-      }
+      if (x[h + axis].value >= 0) out[h + axis].value = ConvOutputSize(a, axis, x[h + axis].value, filter[2 + axis], nullptr);
     }
-    return ctx.SetOutputShape(0, out);
+    ShapeInferSetOutputShape(0, out, type);
+    return Ort::Status{nullptr};
   } catch (const std::exception& e) {
     return Ort::Status(e.what(), ORT_INVALID_ARGUMENT);
   }
 }
 
-Ort::Status InferConvOutputShapeFromWeight(Ort::ShapeInferContext& ctx, size_t weight_index) {
+Ort::Status InferConvOutputShapeFromWeight(Ort::ShapeInferContext& ctx, size_t weight_index, bool channels_last,
+                                           ONNXTensorElementDataType type) {
   if (weight_index >= ctx.GetInputCount()) return Ort::Status("weight input is missing", ORT_INVALID_ARGUMENT);
   std::vector<int64_t> filter;
   for (const auto& d : ctx.GetInputShape(weight_index)) {
     if (!d.IsInt() || d.AsInt() < 0) return Ort::Status{nullptr};  // unknown: leave the output shape open
     filter.push_back(d.AsInt());
   }
-  return InferConvOutputShape(ctx, filter);
+  return InferConvOutputShape(ctx, filter, channels_last, type);
 }
 
 void ConvAttributes::Validate(int64_t out_channels, int64_t kh, int64_t kw) const {

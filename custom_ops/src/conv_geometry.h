@@ -48,10 +48,16 @@ ConvGeometry ResolveConvGeometry(const ConvAttributes& attrs, const std::vector<
                                  int64_t out_channels, int64_t in_per_group, int64_t kh, int64_t kw);
 
 // Shape inference of a conv-like op: X is input 0, the filter shape
-// [out_channels, in_per_group, kh, kw] is given; unknown dims stay symbolic.
-Ort::Status InferConvOutputShape(Ort::ShapeInferContext& ctx, const std::vector<int64_t>& filter_dims);
+// [out_channels, in_per_group, kh, kw] is given; the batch dim is X's (its
+// symbolic name included), spatial dims that cannot be computed stay unknown.
+// channels_last: X is [N, H, W, C] and Y [N, OH, OW, M]; type: Y's element type.
+Ort::Status InferConvOutputShape(Ort::ShapeInferContext& ctx, const std::vector<int64_t>& filter_dims,
+                                 bool channels_last = false,
+                                 ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
 // Same, reading the filter shape from input `weight_index` (a 4-D tensor).
-Ort::Status InferConvOutputShapeFromWeight(Ort::ShapeInferContext& ctx, size_t weight_index);
+Ort::Status InferConvOutputShapeFromWeight(Ort::ShapeInferContext& ctx, size_t weight_index,
+                                           bool channels_last = false,
+                                           ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
 
 // Output size along one axis, auto_pad included; also used by shape inference.
 // Returns the pad before the data in *pad_begin.

@@ -44,43 +44,49 @@ def basis_conv_schema():
 
 
 QLINEAR_INPUTS = (
-    ("X", "T1", "input [N, C, H, W], u8"),
+    ("X", "T1", "input [N, C, H, W] ([N, H, W, C] with channels_last), u8"),
     ("x_scale", "tensor(float)", "X's scale, a scalar constant initializer"),
     ("x_zero_point", "T1", "X's zero point, a scalar constant initializer"),
-    ("W", "T2", "depthwise filter [C*d, 1, kH, kW], s8, a constant initializer"),
-    ("w_scale", "tensor(float)", "W's scales, [C*d] or a scalar, constant initializer"),
-    ("w_zero_point", "T2", "W's zero points, [C*d] or a scalar, all 0, constant initializer"),
+    ("W", "T2", "the maps' filters [M = C*d, 1, kH, kW], s8, a constant initializer; W[m*C + c] is channel c's "
+     "m-th map"),
+    ("w_scale", "tensor(float)", "W's scales, [M] or a scalar, constant initializer"),
+    ("w_zero_point", "T2", "W's zero points, [M] or a scalar, all 0, constant initializer"),
     ("y_scale", "tensor(float)", "Y's scale, a scalar constant initializer"),
     ("y_zero_point", "T1", "Y's zero point, a scalar constant initializer"),
-    ("B", "T3", "bias [C*d], int32 in the scale x_scale * w_scale, a constant initializer"),
+    ("B", "T3", "bias [M], int32 in the scale x_scale * w_scale, a constant initializer"),
 )
 
 
-def qlinear_depthwise_conv_schema():
+def qlinear_basis_maps_schema():
     from onnx.defs import OpSchema
-
-    def dense_filter(dims, attr):  # W [M, 1, kH, kW]
-        w = dims(3)
-        return None if w is None or len(w) != 4 else (w[0], (w[2], w[3]))
 
     single, optional = OpSchema.FormalParameterOption.Single, OpSchema.FormalParameterOption.Optional
     inputs = [OpSchema.FormalParameter(name, t, doc, param_option=optional if name == "B" else single)
               for name, t, doc in QLINEAR_INPUTS]
-    attributes = [a for a in schemas.conv_attributes() if a.name not in ("activation", "clip_min", "clip_max")]
+    attributes = [a for a in schemas.conv_attributes() if a.name not in ("group", "activation", "clip_min", "clip_max")]
+    attributes.append(OpSchema.Attribute("channels_last", OpSchema.AttrType.INT,
+                                         "1: X is [N, H, W, C] and Y [N, OH, OW, M]; 0 (default): channels first",
+                                         required=False))
     schema = OpSchema(
-        "QLinearDepthwiseConv", DOMAIN, 1,
-        "ONNX QLinearConv restricted to a depthwise filter (group = C, C*d outputs, output o reads channel "
-        "o // d), u8 activations and s8 weights; bit for bit QLinearConv's result. Penni's basis stage in an "
-        "INT8 model (see docs/ops.md).",
-        inputs=inputs, outputs=[OpSchema.FormalParameter("Y", "T1", "output [N, C*d, OH, OW], u8")],
+        "QLinearBasisMaps", DOMAIN, 1,
+        "Penni's basis stage on u8 activations: Y[:, m*C + c] = X[:, c] convolved with W[m*C + c] (m < d = M / C), "
+        "with QLinearConv's inputs and arithmetic; bit for bit ONNX Runtime's QLinearConv on Concat([X] * d) with "
+        "group = M (see docs/ops.md).",
+        inputs=inputs, outputs=[OpSchema.FormalParameter("Y", "T1", "the maps [N, M, OH, OW] ([N, OH, OW, M] with "
+                                                                     "channels_last), u8")],
         type_constraints=[("T1", ["tensor(uint8)"], "u8 activations"), ("T2", ["tensor(int8)"], "s8 weights"),
                           ("T3", ["tensor(int32)"], "int32 bias")],
         attributes=attributes)
-    schema.set_type_and_shape_inference_function(schemas.conv_like_inference(dense_filter, onnx.TensorProto.UINT8))
+    def dense_filter(dims, attr):  # W [M, 1, kH, kW]
+        w = dims(3)
+        return None if w is None or len(w) != 4 else (w[0], (w[2], w[3]))
+
+    schema.set_type_and_shape_inference_function(schemas.conv_like_inference(
+        dense_filter, onnx.TensorProto.UINT8, channels_last=lambda attr: attr("channels_last", 0) == 1))
     return schema
 
 
-def _depthwise_weight_shape(node) -> list | None:
+def _basis_maps_weight_shape(node) -> list | None:
     w = constant_input(node, 3)
     return list(w.shape) if w is not None and w.ndim == 4 else None
 
@@ -130,7 +136,7 @@ class Penni(Technique):
     )
     ops = (OpSpec("BasisConv", basis_conv_schema, _weight_shape),
            # the portable form's basis stage in an INT8 model (passes/fuse_quantized_basis.py)
-           OpSpec("QLinearDepthwiseConv", qlinear_depthwise_conv_schema, _depthwise_weight_shape))
+           OpSpec("QLinearBasisMaps", qlinear_basis_maps_schema, _basis_maps_weight_shape))
     # BasisConv (sparse coefficients), and the portable form with dense coefficients: standard
     # Convs, which ORT runs in its blocked layout and the INT8 stage quantizes with the model
     ladder = ({"bases": 3, "coef_sparsity": 0.9}, {"bases": 4, "coef_sparsity": 0.8},

@@ -1,7 +1,8 @@
-"""ai.onnxcompress.QLinearDepthwiseConv against ONNX Runtime's own QLinearConv on the same
-inputs (u8 activations, s8 weights, a depthwise filter with channel multiplier d): the
-outputs must be equal bit for bit, for every geometry, each instruction set of this CPU,
-per-channel and per-tensor weight scales, with and without bias; and malformed nodes."""
+"""ai.onnxcompress.QLinearBasisMaps against ONNX Runtime's own QLinearConv: the op's
+Y[:, m*C + c] = X[:, c] (*) W[m*C + c] must equal QLinearConv on Concat([X] * d) with
+group = M, bit for bit, for every geometry, both layouts (channels first and last), each
+instruction set of this CPU, per-channel and per-tensor weight scales, with and without
+bias; and malformed nodes."""
 
 from __future__ import annotations
 
@@ -11,17 +12,29 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from ophelpers import DOMAIN, ISAS, assert_malformed_nodes_fail_cleanly, assert_rejected, conv_attrs, creation_error, session  # noqa: E402
 
-OP = "QLinearDepthwiseConv"
+OP = "QLinearBasisMaps"
 NAMES = ["X", "x_scale", "x_zero_point", "W", "w_scale", "w_zero_point", "y_scale", "y_zero_point", "B"]
 
 
-def _model(op, domain, case, params, with_bias, x_type=TensorProto.UINT8):
+def _model(op, domain, case, params, with_bias, channels_last=0):
+    """Our op (domain DOMAIN) on X, or (domain "") ORT's QLinearConv on Concat([X] * d) with group = M."""
     inits = [numpy_helper.from_array(v, k) for k, v in params.items() if k != "X" and (k != "B" or with_bias)]
     names = NAMES if with_bias else NAMES[:8]
-    node = helper.make_node(op, names, ["Y"], domain=domain, **conv_attrs(case))
-    x = helper.make_tensor_value_info("X", x_type, ["N", "C", "H", "W"])
+    attrs = conv_attrs(case)
+    attrs.pop("group", None)
+    nodes = []
+    if domain:
+        if channels_last:
+            attrs["channels_last"] = 1
+        nodes.append(helper.make_node(op, names, ["Y"], domain=domain, **attrs))
+    else:
+        m = params["W"].shape[0]
+        d = m // case["channels"]
+        nodes.append(helper.make_node("Concat", ["X"] * d, ["Xt"], axis=1))
+        nodes.append(helper.make_node(op, ["Xt"] + names[1:], ["Y"], group=m, **attrs))
+    x = helper.make_tensor_value_info("X", TensorProto.UINT8, ["N", "C", "H", "W"])
     y = helper.make_tensor_value_info("Y", TensorProto.UINT8, None)
-    graph = helper.make_graph([node], "g", [x], [y], initializer=inits)
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     model.ir_version = 9
     return model
@@ -31,7 +44,7 @@ def build_case(case_tuple, seed=0, per_channel=True):
     _, n, c, h, w, d, k, extra = case_tuple
     rng = np.random.default_rng(seed)
     m = c * d
-    case = {"pads": [k // 2] * 4, **extra, "group": c}
+    case = {"pads": [k // 2] * 4, **extra, "channels": c}
     params = {
         "x_scale": np.float32(rng.uniform(0.005, 0.05)),
         "x_zero_point": np.uint8(rng.integers(0, 256)),
@@ -68,18 +81,23 @@ def _case(t):
     return case, params, x
 
 
-def _run_both(case, params, x, with_bias, isa=None, threads=2):
+def _run_both(case, params, x, with_bias, isa=None, threads=2, channels_last=0):
     want = session(_model("QLinearConv", "", case, params, with_bias)).run(None, {"X": x})[0]
-    got = session(_model(OP, DOMAIN, case, params, with_bias), isa, threads).run(None, {"X": x})[0]
+    ours = session(_model(OP, DOMAIN, case, params, with_bias, channels_last), isa, threads)
+    if channels_last:
+        got = ours.run(None, {"X": np.ascontiguousarray(x.transpose(0, 2, 3, 1))})[0].transpose(0, 3, 1, 2)
+    else:
+        got = ours.run(None, {"X": x})[0]
     return got, want
 
 
+@pytest.mark.parametrize("channels_last", [0, 1])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case_tuple", CASES, ids=[c[0] for c in CASES])
-def test_matches_ort_qlinearconv_bit_for_bit(case_tuple, isa):
+def test_matches_ort_qlinearconv_bit_for_bit(case_tuple, isa, channels_last):
     case, params, x = _case(case_tuple)
     for with_bias in (True, False):
-        got, want = _run_both(case, params, x, with_bias, isa)
+        got, want = _run_both(case, params, x, with_bias, isa, channels_last=channels_last)
         assert got.dtype == np.uint8 and got.shape == want.shape
         np.testing.assert_array_equal(got, want, err_msg=f"{case_tuple[0]} {isa} bias={with_bias}")
 
@@ -87,53 +105,59 @@ def test_matches_ort_qlinearconv_bit_for_bit(case_tuple, isa):
 def test_per_tensor_weight_scale_and_threads():
     case, params, x = build_case(CASES[0], seed=5, per_channel=False)
     for threads in (1, 2, 3):
-        got, want = _run_both(case, params, x, True, threads=threads)
-        np.testing.assert_array_equal(got, want, err_msg=f"threads={threads}")
+        for channels_last in (0, 1):
+            got, want = _run_both(case, params, x, True, threads=threads, channels_last=channels_last)
+            np.testing.assert_array_equal(got, want, err_msg=f"threads={threads} channels_last={channels_last}")
 
 
 def test_saturates_at_both_ends():
     """Large sums clamp to 0 and 255 exactly as QLinearConv does."""
     case, params, x = build_case(CASES[0], seed=6)
     params["y_scale"] = np.float32(1e-4)
-    got, want = _run_both(case, params, x, True)
-    assert (got == 0).any() and (got == 255).any()
-    np.testing.assert_array_equal(got, want)
+    for channels_last in (0, 1):
+        got, want = _run_both(case, params, x, True, channels_last=channels_last)
+        assert (got == 0).any() and (got == 255).any()
+        np.testing.assert_array_equal(got, want)
 
 
-def test_output_channel_order_is_channel_major():
-    """Output o reads input channel o // d, as QLinearConv with group = C (docs/ops.md)."""
+def test_output_order_is_basis_major():
+    """Output m*C + c is input channel c's m-th map (docs/ops.md)."""
     case, params, x = build_case(("order", 1, 3, 6, 6, 2, 3, {}), seed=7)
     params["W"][:] = 0
-    params["W"][5, 0, 1, 1] = 1  # output 5 = channel 2's centre tap
+    params["W"][4, 0, 1, 1] = 1  # output 4 = 1*C + 1: channel 1's centre tap
     params["B"][:] = 0
     params.update(x_scale=np.float32(1.0), w_scale=np.ones(6, np.float32), y_scale=np.float32(1.0),
                   x_zero_point=np.uint8(0), y_zero_point=np.uint8(0))
     got = session(_model(OP, DOMAIN, case, params, True)).run(None, {"X": x})[0]
-    np.testing.assert_array_equal(got[0, 5], x[0, 2])
-    assert np.all(got[0, :5] == 0)
+    np.testing.assert_array_equal(got[0, 4], x[0, 1])
+    assert np.all(got[0, :4] == 0) and np.all(got[0, 5] == 0)
 
 
 def test_huge_pads_direct_path():
     case, params, x = build_case(("huge", 1, 2, 5, 6, 2, 3, {}), seed=8)
     case.update(pads=[600, 700, 600, 700], strides=[64, 64])
-    got, want = _run_both(case, params, x, True)
-    np.testing.assert_array_equal(got, want)
+    for channels_last in (0, 1):
+        got, want = _run_both(case, params, x, True, channels_last=channels_last)
+        np.testing.assert_array_equal(got, want)
 
 
-def test_onnx_shape_inference_and_checker():
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_onnx_shape_inference_and_checker(channels_last):
     import onnxcompress.schemas as schemas
 
     schemas.register_schemas()
     case, params, _ = build_case(CASES[3])
-    model = _model(OP, DOMAIN, case, params, True)
-    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.UINT8, ["N", 8, 15, 14]))
-    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("Y", TensorProto.UINT8, ["N", "M", "OH", "OW"]))
+    model = _model(OP, DOMAIN, case, params, True, channels_last)
+    x_dims = ["N", 15, 14, 8] if channels_last else ["N", 8, 15, 14]
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.UINT8, x_dims))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("Y", TensorProto.UINT8, ["N", "A", "B", "D"]))
     onnx.checker.check_model(model, full_check=True)
     model.graph.output[0].type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     out = inferred.graph.output[0].type.tensor_type
     assert out.elem_type == TensorProto.UINT8
-    assert [d.dim_value or d.dim_param for d in out.shape.dim] == ["N", 24, 8, 7]
+    want = ["N", 8, 7, 24] if channels_last else ["N", 24, 8, 7]
+    assert [d.dim_value or d.dim_param for d in out.shape.dim] == want
 
 
 def test_unknown_isa_is_an_error():
@@ -158,8 +182,7 @@ def _node_model(attrs=None, as_input=None, inputs=None, **overrides):
         v = np.asarray(params[as_input])
         graph_inputs.append(helper.make_tensor_value_info(as_input, helper.np_dtype_to_tensor_dtype(v.dtype),
                                                           list(v.shape)))
-    node = helper.make_node(OP, inputs or NAMES, ["Y"], domain=DOMAIN, **{"group": 3, "pads": [1, 1, 1, 1],
-                                                                         **(attrs or {})})
+    node = helper.make_node(OP, inputs or NAMES, ["Y"], domain=DOMAIN, **{"pads": [1, 1, 1, 1], **(attrs or {})})
     y = helper.make_tensor_value_info("Y", TensorProto.UINT8, None)
     graph = helper.make_graph([node], "g", graph_inputs, [y], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
@@ -175,7 +198,8 @@ MALFORMED = {
     "w_uint8": dict(W=np.ones((6, 1, 3, 3), np.uint8)),
     "w_empty": dict(W=np.ones((0, 1, 3, 3), np.int8), w_scale=np.ones(0, np.float32),
                     w_zero_point=np.zeros(0, np.int8), B=np.zeros(0, np.int32)),
-    "group_not_dividing": dict(attrs={"group": 4}),
+    "group_given": dict(attrs={"group": 3}),
+    "channels_last_2": dict(attrs={"channels_last": 2}),
     "w_scale_count": dict(w_scale=np.full(5, 0.01, np.float32)),
     "w_scale_zero": dict(w_scale=np.zeros(6, np.float32)),
     "w_scale_nan": dict(w_scale=np.full(6, np.nan, np.float32)),
@@ -211,8 +235,9 @@ def test_malformed_node_is_a_validation_error_at_session_creation(name):
     assert_rejected(creation_error(model), OP, name in REJECTED_BY_ORT)
 
 
-@pytest.mark.parametrize("x_shape", [(1, 5, 6, 6), (1, 3, 6), (0, 3, 6, 6)])
+@pytest.mark.parametrize("x_shape", [(1, 4, 6, 6), (1, 7, 6, 6), (1, 3, 6), (0, 3, 6, 6)])
 def test_bad_runtime_input(x_shape):
+    """X's channels must divide W's 6 outputs."""
     s = session(_node_model())
     x = np.ones(x_shape, np.uint8)
     if x_shape[0] == 0:  # an empty batch is fine
@@ -224,4 +249,4 @@ def test_bad_runtime_input(x_shape):
 
 def test_malformed_nodes_do_not_crash_the_process():
     """Every malformed node in a fresh interpreter: a crash (not an exception) would show as an exit code."""
-    assert_malformed_nodes_fail_cleanly("test_qlinear_depthwise_op")
+    assert_malformed_nodes_fail_cleanly("test_qlinear_basis_maps_op")

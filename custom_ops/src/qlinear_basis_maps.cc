@@ -1,0 +1,308 @@
+#include "qlinear_basis_maps.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace onnxcompress {
+
+namespace {
+
+enum Input : size_t { kX, kXScale, kXZero, kW, kWScale, kWZero, kYScale, kYZero, kB };
+
+// A per-tensor quantization parameter: one element, rank 0 or 1.
+ConstantTensor Scalar(const Ort::ConstKernelInfo& info, size_t index, const char* name,
+                      ONNXTensorElementDataType type, const char* type_name) {
+  ConstantTensor t = RequireConstant(info, index, name);
+  Require(t.type == type, name, " must be ", type_name);
+  Require(t.dims.size() <= 1 && t.count == 1, name, " must be a scalar (one element), got ", t.count, " elements");
+  return t;
+}
+
+float PositiveScale(const ConstantTensor& t, int64_t i, const char* name) {
+  const float v = t.As<float>()[i];
+  Require(std::isfinite(v) && v > 0.0f, name, " must be finite and > 0, got ", v);
+  return v;
+}
+
+// The kernels write whole vectors: positions are rounded up to this.
+constexpr int64_t kRound = 16;
+
+}  // namespace
+
+const qbm::Kernels* SelectQLinearBasisMapsKernels() {
+  return PickKernels(qbm::KernelsAvx512, qbm::KernelsAvx2, qbm::KernelsGeneric);
+}
+
+ONNXTensorElementDataType QLinearBasisMaps::InputType(size_t i) {
+  switch (i) {
+    case kX:
+    case kXZero:
+    case kYZero:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+    case kW:
+    case kWZero:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+    case kB:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    default:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+
+Ort::Status QLinearBasisMaps::InferOutputShape(Ort::ShapeInferContext& ctx) {
+  if (ctx.GetInputCount() < 8) return Ort::Status("QLinearBasisMaps needs QLinearConv's 8 inputs", ORT_INVALID_ARGUMENT);
+  int64_t channels_last = 0;
+  try {
+    channels_last = ctx.GetAttrInt("channels_last");
+  } catch (...) {
+    channels_last = 0;  // absent
+  }
+  return InferConvOutputShapeFromWeight(ctx, kW, channels_last == 1, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8);
+}
+
+QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
+  Require(info.GetInputCount() >= 8 && info.GetInputCount() <= 9,
+          "expects QLinearConv's 8 or 9 inputs (X, x_scale, x_zero_point, W, w_scale, w_zero_point, y_scale, "
+          "y_zero_point[, B]), got ", info.GetInputCount());
+  attrs_ = ConvAttributes::FromNode(info);
+  Require(!HasAttribute(info, "group"), "takes no group attribute: the d = M / C maps of every input channel "
+          "are what it computes");
+  for (const char* name : {"activation", "clip_min", "clip_max"}) {
+    Require(!HasAttribute(info, name), "takes no fused activation (attribute ", name,
+            "): fold it into y_scale / y_zero_point");
+  }
+  const int64_t channels_last = AttrInt(info, "channels_last", 0);
+  Require(channels_last == 0 || channels_last == 1, "channels_last must be 0 or 1, got ", channels_last);
+  channels_last_ = channels_last == 1;
+
+  const ConstantTensor wt = RequireConstant(info, kW, "W");
+  Require(wt.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, "W must be int8");
+  Require(wt.dims.size() == 4, "W must be 4-D [M, 1, kH, kW], got rank ", wt.dims.size());
+  Require(wt.dims[1] == 1, "W must have one input channel per output (depthwise filters), got ", wt.dims[1]);
+  out_channels_ = wt.dims[0];
+  kh_ = wt.dims[2];
+  kw_ = wt.dims[3];
+  attrs_.Validate(out_channels_, kh_, kw_);
+  const int64_t taps = kh_ * kw_, M = out_channels_;
+  Require(taps * 255 * 128 < (int64_t{1} << 30), "kernel ", kh_, "x", kw_, " is too large for int32 sums");
+
+  const float x_scale = PositiveScale(Scalar(info, kXScale, "x_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32"),
+                                      0, "x_scale");
+  const float y_scale = PositiveScale(Scalar(info, kYScale, "y_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "float32"),
+                                      0, "y_scale");
+  x_zero_point_ = Scalar(info, kXZero, "x_zero_point", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "uint8").As<uint8_t>()[0];
+  y_zero_point_ = Scalar(info, kYZero, "y_zero_point", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "uint8").As<uint8_t>()[0];
+
+  const ConstantTensor ws = RequireConstant(info, kWScale, "w_scale");
+  Require(ws.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "w_scale must be float32");
+  Require(ws.dims.size() <= 1 && (ws.count == 1 || ws.count == M), "w_scale must have 1 or M = ", M,
+          " elements, got ", ws.count);
+  const ConstantTensor wz = RequireConstant(info, kWZero, "w_zero_point");
+  Require(wz.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, "w_zero_point must be int8");
+  Require(wz.dims.size() <= 1 && (wz.count == 1 || wz.count == M), "w_zero_point must have 1 or M = ", M,
+          " elements, got ", wz.count);
+  for (int64_t i = 0; i < wz.count; ++i) {
+    Require(wz.As<int8_t>()[i] == 0, "w_zero_point must be 0 (symmetric s8 weights), got ",
+            static_cast<int>(wz.As<int8_t>()[i]), " at ", i);
+  }
+
+  scales_.resize(static_cast<size_t>(M));
+  for (int64_t o = 0; o < M; ++o) {
+    const float w_scale = PositiveScale(ws, ws.count == 1 ? 0 : o, "w_scale");
+    // QLinearConv's order of operations, so that the requantization matches bit for bit.
+    scales_[o] = x_scale * w_scale / y_scale;
+    Require(std::isfinite(scales_[o]), "x_scale * w_scale / y_scale overflows at output channel ", o);
+  }
+  weights_.resize(static_cast<size_t>(wt.count));
+  weights_t_.resize(static_cast<size_t>(wt.count));
+  for (int64_t o = 0; o < M; ++o) {
+    for (int64_t t = 0; t < taps; ++t) {
+      weights_[o * taps + t] = weights_t_[t * M + o] = wt.As<int8_t>()[o * taps + t];
+    }
+  }
+
+  bias_.assign(static_cast<size_t>(M), 0);
+  if (HasInput(info, kB)) {
+    const ConstantTensor b = RequireConstant(info, kB, "B");
+    Require(b.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, "B must be int32");
+    Require(b.dims.size() == 1 && b.dims[0] == M, "B must have shape [", M, "]");
+    std::memcpy(bias_.data(), b.data, sizeof(int32_t) * M);
+    // With |B| < 2^30 and |sum| <= taps * 255 * 128 < 2^30 the int32 sums cannot overflow.
+    for (int64_t o = 0; o < M; ++o) {
+      Require(bias_[o] > -(int32_t{1} << 30) && bias_[o] < (int32_t{1} << 30), "B[", o, "] = ", bias_[o],
+              " is outside (-2^30, 2^30)");
+    }
+  }
+  kernels_ = SelectQLinearBasisMapsKernels();
+}
+
+void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
+  Ort::ConstValue x = context.GetInput(kX);
+  Require(x != nullptr && x.IsTensor(), "input X is missing");
+  const auto x_info = x.GetTensorTypeAndShapeInfo();
+  Require(x_info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "X must be uint8");
+  std::vector<int64_t> dims = x_info.GetShape();
+  Require(dims.size() == 4, "input X must be 4-D, got rank ", dims.size());
+  if (channels_last_) dims = {dims[0], dims[3], dims[1], dims[2]};  // the channels-first view
+  const int64_t C = dims[1];
+  Require(C >= 1 && out_channels_ % C == 0, "X has ", C, " channels, which must divide W's ", out_channels_,
+          " outputs (d maps per channel)");
+  const ConvGeometry g = ResolveConvGeometry(attrs_, dims, out_channels_, C, kh_, kw_);
+  std::vector<int64_t> out_shape = g.OutputShape();
+  if (channels_last_) out_shape = {out_shape[0], out_shape[2], out_shape[3], out_shape[1]};
+  Ort::UnownedValue y = context.GetOutput(0, out_shape);
+  if (g.batch == 0 || g.out_plane() == 0) return;
+  const uint8_t* xdata = x.GetTensorData<uint8_t>();
+  uint8_t* ydata = y.GetTensorMutableData<uint8_t>();
+  if (channels_last_) {
+    ComputePixels(context, g, out_channels_ / C, xdata, ydata);
+  } else {
+    ComputePlanes(context, g, out_channels_ / C, xdata, ydata);
+  }
+}
+
+// Channels last: one task per output row; each output pixel lists the taps inside the input.
+void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
+                                     const uint8_t* x, uint8_t* y) {
+  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
+  const int64_t taps = g.taps();
+  const int64_t items = g.batch * OH;
+  const int64_t tasks = std::min<int64_t>(items, 64);
+  auto lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& buffers = *lease;
+  buffers.Reserve(TaskSlots(tasks), CheckedMul(taps, 4, "taps"));  // two int64 per tap
+  const qbm::Requant rq{scales_.data(), y_zero_point_};
+  ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
+    const TaskBuffers::Borrowed buffer = buffers.Borrow();
+    int64_t* offsets = reinterpret_cast<int64_t*>(buffer.data());
+    int64_t* tap_index = offsets + taps;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / OH, oy = i % OH;
+      const uint8_t* xn = x + n * H * W * C;
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        int64_t count = 0;
+        for (int64_t ky = 0; ky < g.kh; ++ky) {
+          const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
+          if (iy < 0 || iy >= H) continue;
+          for (int64_t kx = 0; kx < g.kw; ++kx) {
+            const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
+            if (ix < 0 || ix >= W) continue;
+            offsets[count] = (iy * W + ix) * C;
+            tap_index[count++] = ky * g.kw + kx;
+          }
+        }
+        kernels_->pixel(xn, offsets, tap_index, count, C, d, x_zero_point_, weights_t_.data(), bias_.data(), rq,
+                        y + ((n * OH + oy) * OW + ox) * M);
+      }
+    }
+  });
+}
+
+// Channels first: each input channel is padded once (stride-phase planes, as BasisConv's)
+// and its d maps are swept over all output rows at once.
+void QLinearBasisMaps::ComputePlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
+                                     const uint8_t* xdata, uint8_t* ydata) {
+  const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
+  const int64_t sh = g.stride_h, sw = g.stride_w, taps = g.taps();
+  const int32_t xz = x_zero_point_;
+  // Padded row r = qy*sh + ry, column x = qx*sw + rx is plane (ry, rx) at (qy, qx).
+  // Output position q = oy*Wq + ox reads, for tap t, P[q + tap_off[t]]: one
+  // contiguous sweep over all rows (the columns ox >= OW are computed and thrown away).
+  const int64_t reach_h = CheckedAdd(CheckedMul(OH - 1, sh, "padded input"),
+                                     CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1, "padded input");
+  const int64_t reach_w = CheckedAdd(CheckedMul(OW - 1, sw, "padded input"),
+                                     CheckedMul(g.kw - 1, g.dil_w, "padded input") + 1, "padded input");
+  const int64_t Hq = CeilDiv(reach_h, sh), Wq = CeilDiv(reach_w, sw);
+  const int64_t phase = CheckedMul(Hq, Wq, "padded input");
+  const int64_t Q = CheckedMul(OH, Wq, "positions");
+  const int64_t Qp = CeilDiv(Q, kRound) * kRound;
+  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
+  int64_t max_off = 0;
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t ry = ky * g.dil_h, rx = kx * g.dil_w;
+      const int64_t off = ((ry % sh) * sw + rx % sw) * phase + (ry / sh) * Wq + rx / sw;
+      tap_off[ky * g.kw + kx] = off;
+      max_off = std::max(max_off, off);
+    }
+  }
+  const int64_t plane_used = CheckedMul(CheckedMul(sh, sw, "padded input"), phase, "padded input");
+  const int64_t plane = std::max(plane_used, CheckedAdd(Qp, max_off, "padded input"));
+  // Huge pads, strides or dilations around a small input: the planes (or the thrown-away
+  // positions) would dwarf input and output, so the sums are taken straight from the input.
+  const bool direct = plane > 4 * g.in_plane() + (int64_t{1} << 20) || Q > 4 * g.out_plane() + 4096;
+  const int64_t positions = direct ? CeilDiv(OW, kRound) * kRound : Qp;
+  const int64_t plane_floats = direct ? 0 : CeilDiv(plane, 16) * 16;  // int32 values in 64-byte units
+  const int64_t acc_floats = CeilDiv(positions, 16) * 16 + 16;        // int32 sums, a vector of slack
+  const int64_t items = g.batch * C;
+  const int64_t tasks = std::min<int64_t>(items, 64);
+  auto lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& buffers = *lease;
+  buffers.Reserve(TaskSlots(tasks), plane_floats + acc_floats);
+
+  ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
+    const TaskBuffers::Borrowed buffer = buffers.Borrow();
+    int32_t* P = reinterpret_cast<int32_t*>(buffer.data());
+    int32_t* acc = reinterpret_cast<int32_t*>(buffer.data() + plane_floats);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / C, c = i % C;
+      const uint8_t* src = xdata + (n * C + c) * H * W;
+      if (!direct) {
+        std::memset(P, 0, sizeof(int32_t) * plane);
+        for (int64_t ry = 0; ry < sh; ++ry) {
+          for (int64_t rx = 0; rx < sw; ++rx) {
+            int32_t* base = P + (ry * sw + rx) * phase;
+            // columns qx with 0 <= qx*sw + rx - pad_left < W
+            const int64_t a = std::min(Wq, CeilDiv(std::max<int64_t>(0, g.pad_left - rx), sw));
+            const int64_t e = std::max(a, std::min(Wq, CeilDiv(std::max<int64_t>(0, W + g.pad_left - rx), sw)));
+            const int64_t shift = rx - g.pad_left;  // column qx reads input column qx*sw + shift
+            for (int64_t qy = 0; qy < Hq; ++qy) {
+              const int64_t iy = qy * sh + ry - g.pad_top;
+              if (iy < 0 || iy >= H) continue;
+              int32_t* row = base + qy * Wq;
+              const uint8_t* srow = src + iy * W;
+              if (sw == 1) {
+                const uint8_t* from = srow + (a + shift);
+                int32_t* to = row + a;
+                for (int64_t qx = 0; qx < e - a; ++qx) to[qx] = static_cast<int32_t>(from[qx]) - xz;
+              } else {
+                for (int64_t qx = a; qx < e; ++qx) row[qx] = static_cast<int32_t>(srow[qx * sw + shift]) - xz;
+              }
+            }
+          }
+        }
+      }
+      for (int64_t m = 0; m < d; ++m) {
+        const int64_t o = m * C + c;
+        const int32_t* w = weights_.data() + o * taps;
+        uint8_t* yo = ydata + (n * M + o) * OH * OW;
+        if (!direct) {
+          kernels_->plane(P, tap_off.data(), w, taps, bias_[o], Qp, acc);
+          kernels_->requantize_plane(acc, Wq, OH, OW, scales_[o], y_zero_point_, yo);
+          continue;
+        }
+        for (int64_t oy = 0; oy < OH; ++oy) {
+          for (int64_t ox = 0; ox < OW; ++ox) {
+            int32_t sum = bias_[o];
+            for (int64_t ky = 0; ky < g.kh; ++ky) {
+              const int64_t iy = oy * sh - g.pad_top + ky * g.dil_h;
+              if (iy < 0 || iy >= H) continue;
+              for (int64_t kx = 0; kx < g.kw; ++kx) {
+                const int64_t ix = ox * sw - g.pad_left + kx * g.dil_w;
+                if (ix >= 0 && ix < W) sum += w[ky * g.kw + kx] * (static_cast<int32_t>(src[iy * W + ix]) - xz);
+              }
+            }
+            acc[ox] = sum;
+          }
+          for (int64_t ox = OW; ox < positions; ++ox) acc[ox] = 0;
+          kernels_->requantize_plane(acc, positions, 1, OW, scales_[o], y_zero_point_, yo + oy * OW);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace onnxcompress
+
+ONNXCOMPRESS_REGISTER_OP(QLinearBasisMaps);

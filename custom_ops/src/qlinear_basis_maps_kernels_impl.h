@@ -1,0 +1,172 @@
+// Template code of the QLinearBasisMaps kernels; included by exactly one
+// translation unit per instruction set, which first defines
+//   QBM_NS     namespace of this instantiation (keeps the builds apart)
+//   QBM_NAME   name reported in the table
+//   QBM_LANES  int32 lanes per vector
+// GCC/Clang vector extensions only; nothing from the standard library that
+// could be instantiated out of line.
+#include <cstdint>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "qlinear_basis_maps_kernels.h"
+
+namespace onnxcompress {
+namespace qbm {
+namespace QBM_NS {
+namespace {
+
+constexpr int L = QBM_LANES;
+
+typedef int32_t VI __attribute__((vector_size(L * 4), aligned(4), may_alias));
+typedef float VF __attribute__((vector_size(L * 4), aligned(4), may_alias));
+typedef uint8_t VB __attribute__((vector_size(L), aligned(1), may_alias));
+
+inline VI Load(const int32_t* p) { return *reinterpret_cast<const VI*>(p); }
+// L bytes widened to int32 lanes: one widening load where the instruction set has it (the
+// compilers' generic conversion loads byte by byte).
+inline VI LoadU8(const uint8_t* p) {
+#if defined(__AVX512F__)
+  if constexpr (L == 16) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    VI r;
+    __builtin_memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (L == 8) {
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    VI r;
+    __builtin_memcpy(&r, &v, sizeof(r));
+    return r;
+  }
+#endif
+  return __builtin_convertvector(*reinterpret_cast<const VB*>(p), VI);
+}
+inline VI SplatI(int32_t v) { return v - VI{}; }
+inline VF SplatF(float v) { return v - VF{}; }
+
+// MLAS's requantization: clamp in float to [-zp, 255 - zp], round half to even by adding
+// 1.5 * 2^23 and reading the low mantissa bits, then add the zero point.
+inline VB Requantize(VI acc, VF scale, int32_t zero_point) {
+  VF v = __builtin_convertvector(acc, VF) * scale;
+  const VF lo = SplatF(static_cast<float>(0 - zero_point)), hi = SplatF(static_cast<float>(255 - zero_point));
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  const VF r = v + SplatF(12582912.0f);  // 1.5 * 2^23
+  VI bits;
+  __builtin_memcpy(&bits, &r, sizeof(bits));
+  return __builtin_convertvector(bits + SplatI(zero_point - 0x4B400000), VB);
+}
+
+inline uint8_t RequantizeOne(int32_t acc, float scale, int32_t zero_point) {
+  float v = static_cast<float>(acc) * scale;
+  const float lo = static_cast<float>(0 - zero_point), hi = static_cast<float>(255 - zero_point);
+  v = v < lo ? lo : v;
+  v = v > hi ? hi : v;
+  const float r = v + 12582912.0f;
+  int32_t bits;
+  __builtin_memcpy(&bits, &r, sizeof(bits));
+  return static_cast<uint8_t>(bits - 0x4B400000 + zero_point);
+}
+
+void Plane(const int32_t* src, const int64_t* tap_off, const int32_t* w, int64_t taps, int32_t bias, int64_t n,
+           int32_t* acc) {
+  int64_t x0 = 0;
+  for (; x0 + 4 * L <= n; x0 += 4 * L) {
+    VI a0 = SplatI(bias), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t t = 0; t < taps; ++t) {
+      const int32_t* s = src + tap_off[t] + x0;
+      const VI wt = SplatI(w[t]);
+      a0 += wt * Load(s);
+      a1 += wt * Load(s + L);
+      a2 += wt * Load(s + 2 * L);
+      a3 += wt * Load(s + 3 * L);
+    }
+    *reinterpret_cast<VI*>(acc + x0) = a0;
+    *reinterpret_cast<VI*>(acc + x0 + L) = a1;
+    *reinterpret_cast<VI*>(acc + x0 + 2 * L) = a2;
+    *reinterpret_cast<VI*>(acc + x0 + 3 * L) = a3;
+  }
+  for (; x0 < n; x0 += L) {
+    VI a = SplatI(bias);
+    for (int64_t t = 0; t < taps; ++t) a += SplatI(w[t]) * Load(src + tap_off[t] + x0);
+    *reinterpret_cast<VI*>(acc + x0) = a;
+  }
+}
+
+void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, float scale, int32_t zero_point,
+                     uint8_t* y) {
+  const VF vscale = SplatF(scale);
+  const int64_t room = oh * ow;
+  for (int64_t oy = 0; oy < oh; ++oy) {
+    const int32_t* a = acc + oy * wq;
+    uint8_t* out = y + oy * ow;
+    for (int64_t x = 0; x < ow; x += L) {
+      const VB v = Requantize(Load(a + x), vscale, zero_point);
+      if (oy * ow + x + L <= room) {
+        // a whole vector: what lands past the row's end is the next row's start, written after
+        *reinterpret_cast<VB*>(out + x) = v;
+      } else {
+        for (int64_t j = 0; j < L && x + j < ow; ++j) out[x + j] = v[j];
+      }
+    }
+  }
+}
+
+// MC maps (of the d) for channels [c, c + L): the input vector of each tap is loaded once.
+template <int MC>
+inline void PixelBlock(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
+                       int64_t M, int64_t C, int64_t c, int64_t m0, VI zp, const int32_t* w, const int32_t* bias,
+                       Requant rq, uint8_t* y) {
+  VI a[MC];
+  for (int j = 0; j < MC; ++j) a[j] = Load(bias + (m0 + j) * C + c);
+  for (int64_t i = 0; i < ntaps; ++i) {
+    const int64_t t = tap_index[i];
+    const VI xv = LoadU8(x + offsets[i] + c) - zp;
+    for (int j = 0; j < MC; ++j) a[j] += Load(w + t * M + (m0 + j) * C + c) * xv;
+  }
+  for (int j = 0; j < MC; ++j) {
+    const int64_t o = (m0 + j) * C + c;
+    *reinterpret_cast<VB*>(y + o) = Requantize(a[j], *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
+  }
+}
+
+void Pixel(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
+           int64_t C, int64_t d, int32_t x_zero_point, const int32_t* w, const int32_t* bias, Requant rq,
+           uint8_t* y) {
+  const VI zp = SplatI(x_zero_point);
+  const int64_t M = C * d;
+  int64_t c = 0;
+  for (; c + L <= C; c += L) {
+    int64_t m = 0;
+    for (; m + 4 <= d; m += 4) PixelBlock<4>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y);
+    switch (d - m) {
+      case 3: PixelBlock<3>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
+      case 2: PixelBlock<2>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
+      case 1: PixelBlock<1>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
+      default: break;
+    }
+  }
+  for (; c < C; ++c) {  // channels past the last whole vector
+    for (int64_t m = 0; m < d; ++m) {
+      int32_t a = bias[m * C + c];
+      for (int64_t i = 0; i < ntaps; ++i) {
+        const int64_t t = tap_index[i];
+        a += w[t * M + m * C + c] * (static_cast<int32_t>(x[offsets[i] + c]) - x_zero_point);
+      }
+      y[m * C + c] = RequantizeOne(a, rq.scale[m * C + c], rq.zero_point);
+    }
+  }
+}
+
+}  // namespace
+
+const Kernels kTable = {QBM_NAME, L, Plane, RequantizePlane, Pixel};
+
+}  // namespace QBM_NS
+}  // namespace qbm
+}  // namespace onnxcompress
