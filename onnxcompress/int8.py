@@ -231,7 +231,8 @@ class _Reader:
 def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                    nodes: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
                    calibrate_method: str = "minmax", per_channel: bool = True,
-                   fold_activations: bool = True, extra_options: dict | None = None) -> onnx.ModelProto:
+                   fold_activations: bool = True, extra_options: dict | None = None,
+                   fuse_basis: bool = True) -> onnx.ModelProto:
     """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
 
     nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
@@ -244,6 +245,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     which it folds into the Conv's output quantization (ORT then runs Conv+Relu as one
     QLinearConv) instead of running them in fp32 between a DequantizeLinear and a QuantizeLinear.
     extra_options: passed to quantize_static (and the calibrator's settings read from it).
+    fuse_basis: the basis stage of each penni portable layer quantized here (d depthwise
+    QLinearConvs and their Concat) becomes one QLinearBasisMaps of ours
+    (passes/fuse_quantized_basis.py).
 
     Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
     """
@@ -303,4 +307,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
-    return prepare_for_runtime(result)
+    result = prepare_for_runtime(result)
+    if fuse_basis:
+        from .passes.fuse_quantized_basis import fuse_quantized_basis
+
+        result, _ = fuse_quantized_basis(result)
+    return result

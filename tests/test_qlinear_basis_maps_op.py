@@ -250,3 +250,27 @@ def test_bad_runtime_input(x_shape):
 def test_malformed_nodes_do_not_crash_the_process():
     """Every malformed node in a fresh interpreter: a crash (not an exception) would show as an exit code."""
     assert_malformed_nodes_fail_cleanly("test_qlinear_basis_maps_op")
+
+
+@pytest.mark.parametrize("channels_last", [0, 1])
+def test_ort_shape_inference_keeps_symbolic_dims(channels_last):
+    """ORT's own view of the output: the batch dim keeps its name, an uncomputable one gets a fresh
+    name (never a -1 size, never a lost shape: ORT's layout transformers need the rank)."""
+    case, params, x = build_case(CASES[0])
+    model = _model(OP, DOMAIN, case, params, True, channels_last)
+    dims = ["N", "H", 14, 16] if channels_last else ["N", 16, "H", 14]
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.UINT8, dims))
+    shape = session(model).get_outputs()[0].shape
+    if channels_last:
+        assert shape[0] == "N" and isinstance(shape[1], str) and shape[1] != "H" and shape[2:] == [14, 48]
+    else:
+        assert shape[0] == "N" and shape[1] == 48 and isinstance(shape[2], str) and shape[3] == 14
+
+
+def test_symbolic_batch_survives_for_the_float_ops_too():
+    import test_penni_op as penni
+
+    c, bases, coefs, b, _ = penni.build_case(penni.CASES[0])
+    model = penni.ours_model(c, bases, coefs, b)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 16, 20, 22]))
+    assert session(model).get_outputs()[0].shape == ["batch", 24, 20, 22]

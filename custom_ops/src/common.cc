@@ -70,11 +70,17 @@ void ShapeInferSetOutputShape(size_t index, const std::vector<InferDim>& dims, O
   Ort::ThrowOnError(api.CreateTensorTypeAndShapeInfo(&info));
   std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> owned(
       info, [](OrtTensorTypeAndShapeInfo* p) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(p); });
+  // An unknown dim without a name gets a fresh one: ORT would take -1 for a size (and warn on
+  // every run that a graph output's "-1" does not match what was computed).
+  static std::atomic<uint64_t> fresh{0};
+  std::vector<std::string> names(dims.size());
   std::vector<int64_t> values;
   std::vector<const char*> symbols;
-  for (const InferDim& d : dims) {
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const InferDim& d = dims[i];
+    if (d.value < 0) names[i] = d.symbol.empty() ? "onnxcompress_unk_" + std::to_string(fresh++) : d.symbol;
     values.push_back(d.value >= 0 ? d.value : -1);
-    symbols.push_back(d.value >= 0 ? "" : d.symbol.c_str());
+    symbols.push_back(names[i].c_str());
   }
   Ort::ThrowOnError(api.SetTensorElementType(info, type));
   Ort::ThrowOnError(api.SetDimensions(info, values.data(), values.size()));

@@ -80,9 +80,9 @@ struct InferDim {
 // Input `index`'s shape in the current shape inference, the names copied, or an empty
 // vector when ORT knows no shape.
 std::vector<InferDim> ShapeInferInputShape(size_t index);
-// Sets output `index` to `type` and `dims`. An unknown dim keeps its name, or stays unnamed
-// (Ort::ShapeInferContext::SetOutputShape throws on those, and ORT then drops the whole
-// output shape, and with it the rank its layout transformers need around our nodes).
+// Sets output `index` to `type` and `dims`. An unknown dim keeps its name or gets a fresh
+// one (Ort::ShapeInferContext::SetOutputShape throws on unnamed ones, and ORT then drops
+// the whole output shape, and with it the rank its layout transformers need around our nodes).
 void ShapeInferSetOutputShape(size_t index, const std::vector<InferDim>& dims, ONNXTensorElementDataType type);
 std::vector<int64_t> AttrInts(const Ort::ConstKernelInfo& info, const char* name,
                               const std::vector<int64_t>& fallback);

@@ -118,7 +118,8 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
   weights_t_.resize(static_cast<size_t>(wt.count));
   for (int64_t o = 0; o < M; ++o) {
     for (int64_t t = 0; t < taps; ++t) {
-      weights_[o * taps + t] = weights_t_[t * M + o] = wt.As<int8_t>()[o * taps + t];
+      weights_[o * taps + t] = wt.As<int8_t>()[o * taps + t];
+      weights_t_[t * M + o] = static_cast<float>(wt.As<int8_t>()[o * taps + t]);
     }
   }
 
@@ -155,8 +156,12 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
   if (g.batch == 0 || g.out_plane() == 0) return;
   const uint8_t* xdata = x.GetTensorData<uint8_t>();
   uint8_t* ydata = y.GetTensorMutableData<uint8_t>();
-  if (channels_last_) {
+  // Channels last sums in float, exact for kernels of up to kExactFloatTaps taps; larger
+  // ones (no CNN has them) go through a channels-first copy.
+  if (channels_last_ && g.taps() <= qbm::kExactFloatTaps) {
     ComputePixels(context, g, out_channels_ / C, xdata, ydata);
+  } else if (channels_last_) {
+    ComputeLastViaPlanes(context, g, out_channels_ / C, xdata, ydata);
   } else {
     ComputePlanes(context, g, out_channels_ / C, xdata, ydata);
   }
@@ -197,6 +202,21 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
       }
     }
   });
+}
+
+// Channels last with a kernel too large for exact float sums: through channels-first copies.
+void QLinearBasisMaps::ComputeLastViaPlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
+                                            const uint8_t* x, uint8_t* y) {
+  const int64_t N = g.batch, C = g.in_channels, HW = g.in_plane(), M = g.out_channels, OHW = g.out_plane();
+  std::vector<uint8_t> xt(static_cast<size_t>(CheckedMul(N * C, HW, "input"))), yt(static_cast<size_t>(
+      CheckedMul(N * M, OHW, "output")));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < HW; ++p)
+      for (int64_t c = 0; c < C; ++c) xt[(n * C + c) * HW + p] = x[(n * HW + p) * C + c];
+  ComputePlanes(context, g, d, xt.data(), yt.data());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < OHW; ++p)
+      for (int64_t o = 0; o < M; ++o) y[(n * OHW + p) * M + o] = yt[(n * M + o) * OHW + p];
 }
 
 // Channels first: each input channel is padded once (stride-phase planes, as BasisConv's)

@@ -39,13 +39,15 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
  private:
   void ComputePlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x, uint8_t* y);
   void ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x, uint8_t* y);
+  void ComputeLastViaPlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x,
+                            uint8_t* y);
 
   ConvAttributes attrs_;
   bool channels_last_ = false;
   int64_t out_channels_ = 0, kh_ = 0, kw_ = 0;
   int32_t x_zero_point_ = 0, y_zero_point_ = 0;
   std::vector<int32_t> weights_;     // [M][kh*kw]  (channels first)
-  std::vector<int32_t> weights_t_;   // [kh*kw][M]  (channels last)
+  std::vector<float> weights_t_;     // [kh*kw][M]  (channels last, integers as floats)
   std::vector<int32_t> bias_;     // [M], zeros when absent
   std::vector<float> scales_;     // [M]: x_scale * w_scale[o] / y_scale
   const qbm::Kernels* kernels_ = nullptr;

@@ -17,6 +17,9 @@ struct Requant {
   int32_t zero_point;
 };
 
+// Float sums of u8 x s8 products are exact while taps * 255 * 128 < 2^24.
+inline constexpr int64_t kExactFloatTaps = ((int64_t{1} << 24) - 1) / (255 * 128);
+
 struct Kernels {
   const char* name;
   int64_t lanes;  // int32 lanes per vector
@@ -35,10 +38,11 @@ struct Kernels {
                            uint8_t* y);
 
   // Channels last, one output pixel: the `ntaps` taps inside the input, tap
-  // tap_index[i] reading the C channels (u8) at x + offsets[i]. w is [taps][d*C]
-  // int32, bias [d*C], scales [d*C]. Writes y[m*C + c] for m < d, c < C.
+  // tap_index[i] reading the C channels (u8) at x + offsets[i]. w is [taps][d*C],
+  // integers held as floats, bias [d*C], scales [d*C]. Writes y[m*C + c] for m < d,
+  // c < C. Sums are taken in float: only for taps <= kExactFloatTaps.
   void (*pixel)(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                int64_t C, int64_t d, int32_t x_zero_point, const int32_t* w, const int32_t* bias, Requant rq,
+                int64_t C, int64_t d, int32_t x_zero_point, const float* w, const int32_t* bias, Requant rq,
                 uint8_t* y);
 };
 

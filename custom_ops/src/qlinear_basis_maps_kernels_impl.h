@@ -118,27 +118,30 @@ void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, flo
 }
 
 // MC maps (of the d) for channels [c, c + L): the input vector of each tap is loaded once.
+// The products and sums are taken in float, which is exact here: |sum| <= taps * 255 * 128
+// < 2^24 (Kernels::exact_float_taps), so float(sum) is the integer sum.
 template <int MC>
 inline void PixelBlock(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                       int64_t M, int64_t C, int64_t c, int64_t m0, VI zp, const int32_t* w, const int32_t* bias,
+                       int64_t M, int64_t C, int64_t c, int64_t m0, VF zp, const float* w, const int32_t* bias,
                        Requant rq, uint8_t* y) {
-  VI a[MC];
-  for (int j = 0; j < MC; ++j) a[j] = Load(bias + (m0 + j) * C + c);
+  VF a[MC];
+  for (int j = 0; j < MC; ++j) a[j] = VF{};
   for (int64_t i = 0; i < ntaps; ++i) {
     const int64_t t = tap_index[i];
-    const VI xv = LoadU8(x + offsets[i] + c) - zp;
-    for (int j = 0; j < MC; ++j) a[j] += Load(w + t * M + (m0 + j) * C + c) * xv;
+    const VF xv = __builtin_convertvector(LoadU8(x + offsets[i] + c), VF) - zp;
+    for (int j = 0; j < MC; ++j) a[j] += *reinterpret_cast<const VF*>(w + t * M + (m0 + j) * C + c) * xv;
   }
   for (int j = 0; j < MC; ++j) {
     const int64_t o = (m0 + j) * C + c;
-    *reinterpret_cast<VB*>(y + o) = Requantize(a[j], *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
+    const VI sum = __builtin_convertvector(a[j], VI) + Load(bias + o);
+    *reinterpret_cast<VB*>(y + o) = Requantize(sum, *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
   }
 }
 
 void Pixel(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-           int64_t C, int64_t d, int32_t x_zero_point, const int32_t* w, const int32_t* bias, Requant rq,
+           int64_t C, int64_t d, int32_t x_zero_point, const float* w, const int32_t* bias, Requant rq,
            uint8_t* y) {
-  const VI zp = SplatI(x_zero_point);
+  const VF zp = SplatF(static_cast<float>(x_zero_point));
   const int64_t M = C * d;
   int64_t c = 0;
   for (; c + L <= C; c += L) {
@@ -153,12 +156,12 @@ void Pixel(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, i
   }
   for (; c < C; ++c) {  // channels past the last whole vector
     for (int64_t m = 0; m < d; ++m) {
-      int32_t a = bias[m * C + c];
+      float a = 0.0f;
       for (int64_t i = 0; i < ntaps; ++i) {
         const int64_t t = tap_index[i];
-        a += w[t * M + m * C + c] * (static_cast<int32_t>(x[offsets[i] + c]) - x_zero_point);
+        a += w[t * M + m * C + c] * static_cast<float>(static_cast<int32_t>(x[offsets[i] + c]) - x_zero_point);
       }
-      y[m * C + c] = RequantizeOne(a, rq.scale[m * C + c], rq.zero_point);
+      y[m * C + c] = RequantizeOne(static_cast<int32_t>(a) + bias[m * C + c], rq.scale[m * C + c], rq.zero_point);
     }
   }
 }
