@@ -27,7 +27,7 @@ class KnownDefect:
         return record["outcome"] == self.outcome and target in self.targets and re.search(self.pattern, text) is not None
 
 
-ALL_OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv", "cli")
+ALL_OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv", "QLinearBasisMaps", "cli")
 
 # Found and fixed (tests/test_fuzz_regressions.py has a test for each): ClusteredSparseConv
 # buffers sized from weight_shape (over-limit, fixed on h-kernels), the heap over-read of

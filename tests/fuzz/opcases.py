@@ -1,4 +1,4 @@
-"""Malformed ai.onnxcompress.* nodes: a valid node of one of the four ops, then
+"""Malformed ai.onnxcompress.* nodes: a valid node of one of the ops, then
 mutations of its attributes, initializers, inputs and run-time input.
 
 Everything is drawn from `numpy.random.default_rng([seed, index, op])`, so a
@@ -18,7 +18,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 DOMAIN = "ai.onnxcompress"
-OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv")
+OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv", "QLinearBasisMaps")
+# Element type of X and Y where it is not float32.
+U8_OPS = {"QLinearBasisMaps"}
 
 # Integers at and around every limit the kernels or ORT have.
 INTERESTING_INTS = [
@@ -38,6 +40,7 @@ OP_ATTRS = {
     "BasisConv": {},
     "ClusteredSparseConv": {"weight_shape": "ints"},
     "LutConv": {"in_channels": "int", "encoder": "s"},
+    "QLinearBasisMaps": {"channels_last": "int"},
 }
 DTYPES = [np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
           np.int64, np.uint64, np.bool_]
@@ -192,8 +195,33 @@ def valid_lut_conv(rng) -> Spec:
     return Spec("LutConv", inputs, attrs, g["x_shape"])
 
 
+def valid_qlinear_basis_maps(rng) -> Spec:
+    g = _conv_geometry(rng)
+    attrs = {k: v for k, v in g["attrs"].items() if k not in ("group", "activation", "clip_min", "clip_max")}
+    c, d = g["cg"] * g["group"], int(rng.integers(1, 5))
+    m = c * d
+    last = rng.random() < 0.5
+    if last:
+        attrs["channels_last"] = 1
+    w = rng.integers(-128, 128, (m, 1, g["kh"], g["kw"])).astype(np.int8)
+    per_channel = rng.random() < 0.7
+    inputs = [["X", None, "x"],
+              ["x_scale", np.float32(rng.uniform(0.001, 0.1)), "init"],
+              ["x_zero_point", np.uint8(rng.integers(0, 256)), "init"],
+              ["W", w, "init"],
+              ["w_scale", rng.uniform(0.001, 0.05, m if per_channel else 1).astype(np.float32), "init"],
+              ["w_zero_point", np.zeros(m if per_channel else 1, np.int8), "init"],
+              ["y_scale", np.float32(rng.uniform(0.01, 1.0)), "init"],
+              ["y_zero_point", np.uint8(rng.integers(0, 256)), "init"]]
+    inputs += [["B", rng.integers(-5000, 5000, m).astype(np.int32), "init"]] if rng.random() < 0.7 else \
+        [["B", None, "absent"]]
+    n, _, h, wd = g["x_shape"]
+    return Spec("QLinearBasisMaps", inputs, attrs, (n, h, wd, c) if last else (n, c, h, wd))
+
+
 VALID = {"SparseInputConv": valid_sparse_input_conv, "BasisConv": valid_basis_conv,
-         "ClusteredSparseConv": valid_clustered_sparse_conv, "LutConv": valid_lut_conv}
+         "ClusteredSparseConv": valid_clustered_sparse_conv, "LutConv": valid_lut_conv,
+         "QLinearBasisMaps": valid_qlinear_basis_maps}
 
 
 # ------------------------------------------------------------------ mutations
@@ -522,6 +550,42 @@ def m_semantic(spec: Spec, rng) -> None:
             p[1] = _f32(rng, 1, 1, 16, int(_pick(rng, [1, 1000, 1 << 16])))
             p[2] = "init"
             spec.attrs["encoder"] = "exhaustive"
+    elif op == "QLinearBasisMaps":
+        how = _pick(rng, ["channels_not_dividing", "w_zero_point", "scale_extreme", "bias_extreme", "big_kernel",
+                          "layout_flip", "group_given"])
+        if how == "channels_not_dividing":
+            shape = list(spec.x_shape)
+            axis = 3 if spec.attrs.get("channels_last") == 1 else 1
+            shape[axis] = int(np.asarray(spec.get("W")[1]).shape[0]) + 1
+            spec.x_shape = tuple(shape)
+        elif how == "w_zero_point":
+            z = spec.get("w_zero_point")
+            a = np.array(z[1], np.int8, copy=True)
+            a.reshape(-1)[0] = int(_pick(rng, [1, -1, 127, -128]))
+            z[1] = a
+        elif how == "scale_extreme":
+            e = spec.get(_pick(rng, ["x_scale", "w_scale", "y_scale"]))
+            a = np.array(e[1], np.float32, copy=True)
+            a.reshape(-1)[0] = float(_pick(rng, [0.0, -1.0, np.nan, np.inf, 1e-45, 3.4e38]))
+            e[1] = a
+        elif how == "bias_extreme":
+            b = spec.get("B")
+            w = np.asarray(spec.get("W")[1])
+            b[1] = np.full(w.shape[0] if w.ndim else 1, int(_pick(rng, [(1 << 30) - 1, 1 << 30, -(1 << 31),
+                                                                             (1 << 31) - 1])), np.int32)
+            b[2] = "init"
+        elif how == "big_kernel":
+            k = int(_pick(rng, [23, 181, 182, 4097]))
+            spec.get("W")[1] = np.ones((1, 1, k, 1), np.int8)
+            for name in ("w_scale", "w_zero_point", "B"):
+                e = spec.get(name)
+                if e[1] is not None:
+                    e[1] = np.asarray(e[1]).reshape(-1)[:1]
+            spec.attrs.pop("kernel_shape", None)
+        elif how == "layout_flip":
+            spec.attrs["channels_last"] = 0 if spec.attrs.get("channels_last") == 1 else 1
+        else:
+            spec.attrs["group"] = int(_pick(rng, [1, 2, 3]))
     elif op == "BasisConv":
         how = _pick(rng, ["coefs_cols", "bases_big", "groups", "bases_d0"])
         if how == "coefs_cols":
@@ -593,6 +657,13 @@ def _x_value(spec: Spec, rng) -> np.ndarray:
     shape = spec.x_shape
     if int(np.prod(shape, dtype=object)) > MAX_X_ELEMENTS:  # keep the batch and channels, shrink H and W
         shape = tuple(shape[:2]) + (8,) * (len(shape) - 2)
+    if spec.op in U8_OPS:
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        if spec.x_fill in ("zeros", "sparse"):
+            x[: len(x) // 2] = 0
+        elif spec.x_fill in ("huge", "inf"):
+            x[:] = 255
+        return x
     x = rng.standard_normal(shape).astype(np.float32)
     fill = spec.x_fill
     if fill == "nan":
@@ -614,7 +685,8 @@ def build(spec: Spec, seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
     """Model bytes (one node, opset 17 + ai.onnxcompress 1) and the feeds it runs on."""
     rng = np.random.default_rng(seed)
     names, inits, graph_inputs, feeds = [], [], [], {}
-    x_type = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "C", "H", "W"])
+    elem = TensorProto.UINT8 if spec.op in U8_OPS else TensorProto.FLOAT
+    x_type = helper.make_tensor_value_info("X", elem, ["N", "C", "H", "W"])
     graph_inputs.append(x_type)
     feeds["X"] = _x_value(spec, rng)
     for name, value, kind in spec.inputs:
@@ -645,7 +717,7 @@ def build(spec: Spec, seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
             node.attribute.append(helper.make_attribute(key, [], attr_type=onnx.AttributeProto.INTS))
         else:
             node.attribute.append(helper.make_attribute(key, value))
-    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("Y", elem, None)
     graph = helper.make_graph([node], "fuzz", graph_inputs, [y], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     model.ir_version = 9
@@ -668,10 +740,14 @@ def expected_output_bytes(spec: Spec) -> int | None:
             m, kh, kw = arr("Coefs").shape[0], arr("Bases").shape[1], arr("Bases").shape[2]
         elif spec.op == "ClusteredSparseConv":
             m, _, kh, kw = (int(v) for v in a["weight_shape"])
+        elif spec.op == "QLinearBasisMaps":
+            m, kh, kw = arr("W").shape[0], arr("W").shape[2], arr("W").shape[3]
         else:
             t = arr("T")
             m, (kh, kw) = t.shape[0] * t.shape[3], a["kernel_shape"]
         n, _, h, w = spec.x_shape
+        if spec.op == "QLinearBasisMaps" and a.get("channels_last") == 1:
+            n, h, w, _ = spec.x_shape
         pads = a.get("pads", [0, 0, 0, 0])
         strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
         size = [0, 0]
@@ -684,6 +760,6 @@ def expected_output_bytes(spec: Spec) -> int | None:
                 size[axis] = max((extent_in + p - ((int(k) - 1) * int(dil[axis]) + 1)) // s + 1, 0)
         if min(int(n), int(m)) < 0:
             return None
-        return int(n) * int(m) * size[0] * size[1] * 4
+        return int(n) * int(m) * size[0] * size[1] * (1 if spec.op in U8_OPS else 4)
     except Exception:  # noqa: BLE001 - mutated beyond telling
         return None
