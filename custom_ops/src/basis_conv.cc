@@ -16,13 +16,6 @@ constexpr int64_t kMaxBases = 4096;
 // of the current outputs it stays in L1.
 constexpr int64_t kBlockBytes = 24 * 1024;
 
-// A 64-byte aligned pointer into a vector with at least `count` floats after it.
-float* AlignedBuffer(std::vector<float>& v, int64_t count) {
-  if (v.size() < static_cast<size_t>(count + 16)) v.resize(static_cast<size_t>(count + 16));
-  float* p = v.data();
-  return p + (16 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 16) % 16;
-}
-
 }  // namespace
 
 const basis::Kernels* SelectBasisKernels() {

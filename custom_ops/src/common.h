@@ -224,6 +224,13 @@ class TaskBuffers {
   float* base_ = nullptr;
 };
 
+// A 64-byte aligned pointer into `v` with at least `count` floats after it (v grows as needed).
+inline float* AlignedBuffer(std::vector<float>& v, int64_t count) {
+  if (v.size() < static_cast<size_t>(count + 16)) v.resize(static_cast<size_t>(count + 16));
+  float* p = v.data();
+  return p + (16 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 16) % 16;
+}
+
 // Buffers for a region of `tasks` tasks: one per task, at most one per
 // hardware thread (more never run at once on this machine).
 int64_t TaskSlots(int64_t tasks);

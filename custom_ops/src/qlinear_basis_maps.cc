@@ -115,7 +115,7 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
     Require(std::isfinite(scales_[o]), "x_scale * w_scale / y_scale overflows at output channel ", o);
   }
   weights_.resize(static_cast<size_t>(wt.count));
-  weights_t_.resize(static_cast<size_t>(wt.count));
+  weights_t_ = AlignedBuffer(weights_t_storage_, wt.count);
   for (int64_t o = 0; o < M; ++o) {
     for (int64_t t = 0; t < taps; ++t) {
       weights_[o * taps + t] = wt.As<int8_t>()[o * taps + t];
@@ -178,13 +178,20 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
   TaskBuffers& buffers = *lease;
   buffers.Reserve(TaskSlots(tasks), CheckedMul(taps, 4, "taps"));  // two int64 per tap
   const qbm::Requant rq{scales_.data(), y_zero_point_};
+  // The input minus its zero point, as float, once (each input pixel is read by up to taps outputs).
+  auto shifted_lease = shifted_.Acquire();
+  const int64_t row = W * C, rows = g.batch * H;
+  float* xs = AlignedBuffer(*shifted_lease, CheckedMul(rows, row, "input"));
+  ParallelFor(context, rows, std::min<int64_t>(rows, 64), [&](int64_t r0, int64_t r1) {
+    kernels_->shifted(x + r0 * row, (r1 - r0) * row, x_zero_point_, xs + r0 * row);
+  });
   ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
     const TaskBuffers::Borrowed buffer = buffers.Borrow();
     int64_t* offsets = reinterpret_cast<int64_t*>(buffer.data());
     int64_t* tap_index = offsets + taps;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
-      const uint8_t* xn = x + n * H * W * C;
+      const float* xn = xs + n * H * W * C;
       for (int64_t ox = 0; ox < OW; ++ox) {
         int64_t count = 0;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -197,7 +204,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
             tap_index[count++] = ky * g.kw + kx;
           }
         }
-        kernels_->pixel(xn, offsets, tap_index, count, C, d, x_zero_point_, weights_t_.data(), bias_.data(), rq,
+        kernels_->pixel(xn, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq,
                         y + ((n * OH + oy) * OW + ox) * M);
       }
     }

@@ -47,10 +47,12 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   int64_t out_channels_ = 0, kh_ = 0, kw_ = 0;
   int32_t x_zero_point_ = 0, y_zero_point_ = 0;
   std::vector<int32_t> weights_;     // [M][kh*kw]  (channels first)
-  std::vector<float> weights_t_;     // [kh*kw][M]  (channels last, integers as floats)
+  std::vector<float> weights_t_storage_;
+  float* weights_t_ = nullptr;       // [kh*kw][M]  (channels last, integers as floats), 64-byte aligned
   std::vector<int32_t> bias_;     // [M], zeros when absent
   std::vector<float> scales_;     // [M]: x_scale * w_scale[o] / y_scale
   const qbm::Kernels* kernels_ = nullptr;
+  ScratchPool<std::vector<float>> shifted_;  // channels last: the input minus its zero point
 };
 
 // The kernels for this CPU, or those forced by ONNXCOMPRESS_ISA

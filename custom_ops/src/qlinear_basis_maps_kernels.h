@@ -37,13 +37,15 @@ struct Kernels {
   void (*requantize_plane)(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, float scale, int32_t zero_point,
                            uint8_t* y);
 
+  // Channels last: out[i] = x[i] - zero_point as float, i < n (exact).
+  void (*shifted)(const uint8_t* x, int64_t n, int32_t zero_point, float* out);
   // Channels last, one output pixel: the `ntaps` taps inside the input, tap
-  // tap_index[i] reading the C channels (u8) at x + offsets[i]. w is [taps][d*C],
-  // integers held as floats, bias [d*C], scales [d*C]. Writes y[m*C + c] for m < d,
-  // c < C. Sums are taken in float: only for taps <= kExactFloatTaps.
-  void (*pixel)(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                int64_t C, int64_t d, int32_t x_zero_point, const float* w, const int32_t* bias, Requant rq,
-                uint8_t* y);
+  // tap_index[i] reading the C channels at x + offsets[i] (x: the input minus its
+  // zero point, from `shifted`). w is [taps][d*C], integers held as floats, bias
+  // [d*C], scales [d*C]. Writes y[m*C + c] for m < d, c < C. Sums are taken in
+  // float: only for taps <= kExactFloatTaps.
+  void (*pixel)(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C,
+                int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y);
 };
 
 // nullptr when the library was built without that instruction set.

@@ -98,6 +98,13 @@ void Plane(const int32_t* src, const int64_t* tap_off, const int32_t* w, int64_t
   }
 }
 
+void Shifted(const uint8_t* x, int64_t n, int32_t zero_point, float* out) {
+  const VF zp = SplatF(static_cast<float>(zero_point));
+  int64_t i = 0;
+  for (; i + L <= n; i += L) *reinterpret_cast<VF*>(out + i) = __builtin_convertvector(LoadU8(x + i), VF) - zp;
+  for (; i < n; ++i) out[i] = static_cast<float>(static_cast<int32_t>(x[i]) - zero_point);
+}
+
 void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, float scale, int32_t zero_point,
                      uint8_t* y) {
   const VF vscale = SplatF(scale);
@@ -117,49 +124,65 @@ void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, flo
   }
 }
 
-// MC maps (of the d) for channels [c, c + L): the input vector of each tap is loaded once.
+// MC maps (of the d) for channels [c, c + NB*L): the input vectors of each tap are loaded once,
+// and the NB*MC sums are independent chains (one chain per vector would wait on the FMA latency).
 // The products and sums are taken in float, which is exact here: |sum| <= taps * 255 * 128
-// < 2^24 (Kernels::exact_float_taps), so float(sum) is the integer sum.
-template <int MC>
-inline void PixelBlock(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                       int64_t M, int64_t C, int64_t c, int64_t m0, VF zp, const float* w, const int32_t* bias,
+// < 2^24 (kExactFloatTaps), so float(sum) is the integer sum.
+template <int MC, int NB>
+inline void PixelBlock(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
+                       int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const int32_t* bias,
                        Requant rq, uint8_t* y) {
-  VF a[MC];
-  for (int j = 0; j < MC; ++j) a[j] = VF{};
+  VF a[NB][MC];
+  for (int v = 0; v < NB; ++v)
+    for (int j = 0; j < MC; ++j) a[v][j] = VF{};
   for (int64_t i = 0; i < ntaps; ++i) {
-    const int64_t t = tap_index[i];
-    const VF xv = __builtin_convertvector(LoadU8(x + offsets[i] + c), VF) - zp;
-    for (int j = 0; j < MC; ++j) a[j] += *reinterpret_cast<const VF*>(w + t * M + (m0 + j) * C + c) * xv;
+    const float* xi = x + offsets[i] + c;
+    const float* wt = w + tap_index[i] * M + m0 * C + c;
+    for (int v = 0; v < NB; ++v) {
+      const VF xv = *reinterpret_cast<const VF*>(xi + v * L);
+      for (int j = 0; j < MC; ++j) a[v][j] += *reinterpret_cast<const VF*>(wt + j * C + v * L) * xv;
+    }
   }
-  for (int j = 0; j < MC; ++j) {
-    const int64_t o = (m0 + j) * C + c;
-    const VI sum = __builtin_convertvector(a[j], VI) + Load(bias + o);
-    *reinterpret_cast<VB*>(y + o) = Requantize(sum, *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
+  for (int v = 0; v < NB; ++v) {
+    for (int j = 0; j < MC; ++j) {
+      const int64_t o = (m0 + j) * C + c + v * L;
+      const VI sum = __builtin_convertvector(a[v][j], VI) + Load(bias + o);
+      *reinterpret_cast<VB*>(y + o) = Requantize(sum, *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
+    }
   }
 }
 
-void Pixel(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-           int64_t C, int64_t d, int32_t x_zero_point, const float* w, const int32_t* bias, Requant rq,
-           uint8_t* y) {
-  const VF zp = SplatF(static_cast<float>(x_zero_point));
+// All d maps of channels [c, c + NB*L), up to four at a time.
+template <int NB>
+inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t M,
+                          int64_t C, int64_t d, int64_t c, const float* w, const int32_t* bias, Requant rq,
+                          uint8_t* y) {
+  int64_t m = 0;
+  for (; m + 4 <= d; m += 4) PixelBlock<4, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y);
+  switch (d - m) {
+    case 3: PixelBlock<3, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
+    case 2: PixelBlock<2, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
+    case 1: PixelBlock<1, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
+    default: break;
+  }
+}
+
+// Vectors of channels per block: 4 x 4 sums in flight fit AVX-512's 32 registers, 2 x 4 AVX2's 16.
+constexpr int kBlocks = L >= 16 ? 4 : 2;
+
+void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C, int64_t d,
+           const float* w, const int32_t* bias, Requant rq, uint8_t* y) {
   const int64_t M = C * d;
   int64_t c = 0;
-  for (; c + L <= C; c += L) {
-    int64_t m = 0;
-    for (; m + 4 <= d; m += 4) PixelBlock<4>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y);
-    switch (d - m) {
-      case 3: PixelBlock<3>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
-      case 2: PixelBlock<2>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
-      case 1: PixelBlock<1>(x, offsets, tap_index, ntaps, M, C, c, m, zp, w, bias, rq, y); break;
-      default: break;
-    }
-  }
+  for (; c + kBlocks * L <= C; c += kBlocks * L)
+    PixelChannels<kBlocks>(x, offsets, tap_index, ntaps, M, C, d, c, w, bias, rq, y);
+  for (; c + L <= C; c += L) PixelChannels<1>(x, offsets, tap_index, ntaps, M, C, d, c, w, bias, rq, y);
   for (; c < C; ++c) {  // channels past the last whole vector
     for (int64_t m = 0; m < d; ++m) {
       float a = 0.0f;
       for (int64_t i = 0; i < ntaps; ++i) {
         const int64_t t = tap_index[i];
-        a += w[t * M + m * C + c] * static_cast<float>(static_cast<int32_t>(x[offsets[i] + c]) - x_zero_point);
+        a += w[t * M + m * C + c] * x[offsets[i] + c];
       }
       y[m * C + c] = RequantizeOne(static_cast<int32_t>(a) + bias[m * C + c], rq.scale[m * C + c], rq.zero_point);
     }
@@ -168,7 +191,7 @@ void Pixel(const uint8_t* x, const int64_t* offsets, const int64_t* tap_index, i
 
 }  // namespace
 
-const Kernels kTable = {QBM_NAME, L, Plane, RequantizePlane, Pixel};
+const Kernels kTable = {QBM_NAME, L, Plane, RequantizePlane, Shifted, Pixel};
 
 }  // namespace QBM_NS
 }  // namespace qbm
