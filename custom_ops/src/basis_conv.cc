@@ -172,33 +172,17 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   Ort::UnownedValue y = context.GetOutput(0, g.OutputShape());
   if (g.batch == 0 || g.out_plane() == 0 || g.out_channels == 0) return;
 
-  // Stride-phase planes: padded row r = qy*sh + ry, column x = qx*sw + rx is
-  // plane (ry, rx) at (qy, qx); Hq x Wq covers every row and column a valid
-  // output reads.
+  // Stride-phase planes (conv_geometry.h).
   const int64_t sh = g.stride_h, sw = g.stride_w;
-  const int64_t reach_h = CheckedAdd(CheckedMul(g.out_h - 1, sh, "padded input"),
-                                     CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1, "padded input");
-  const int64_t reach_w = CheckedAdd(CheckedMul(g.out_w - 1, sw, "padded input"),
-                                     CheckedMul(g.kw - 1, g.dil_w, "padded input") + 1, "padded input");
-  const int64_t Hq = CeilDiv(reach_h, sh), Wq = CeilDiv(reach_w, sw);
-  const int64_t phase = CheckedMul(Hq, Wq, "padded input");
+  const PhasePlanes pp = PhasePlanes::Of(g);
+  const int64_t Hq = pp.Hq, Wq = pp.Wq, phase = pp.phase, Q = pp.positions, max_off = pp.max_off;
+  const std::vector<int64_t>& tap_off = pp.tap_off;
   const int64_t tile = kernels_->tile;
-  const int64_t Q = CheckedMul(g.out_h, Wq, "positions");
   const int64_t tiles = CeilDiv(Q, tile);
   const int64_t taps = g.taps();
-  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
-  int64_t max_off = 0;
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const int64_t oy = ky * g.dil_h, ox = kx * g.dil_w;
-      const int64_t off = ((oy % sh) * sw + ox % sw) * phase + (oy / sh) * Wq + ox / sw;
-      tap_off[ky * g.kw + kx] = off;
-      max_off = std::max(max_off, off);
-    }
-  }
   // Reads reach position tiles*tile - 1 + max_off of a plane (the last tile's
   // tail and the thrown-away columns included): the plane stride covers it.
-  const int64_t plane_used = CheckedMul(CheckedMul(sh, sw, "padded input"), phase, "padded input");
+  const int64_t plane_used = pp.used;
   const int64_t plane_stride =
       CeilDiv(std::max(plane_used, CheckedAdd(CheckedMul(tiles, tile, "positions"), max_off, "positions")), 16) * 16;
   const int64_t padded = CheckedMul(plane_stride, g.in_channels, "padded input");

@@ -128,6 +128,30 @@ void ConvAttributes::Validate(int64_t out_channels, int64_t kh, int64_t kw) cons
   }
 }
 
+PhasePlanes PhasePlanes::Of(const ConvGeometry& g) {
+  PhasePlanes p;
+  const int64_t sh = g.stride_h, sw = g.stride_w;
+  const int64_t reach_h = CheckedAdd(CheckedMul(g.out_h - 1, sh, "padded input"),
+                                     CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1, "padded input");
+  const int64_t reach_w = CheckedAdd(CheckedMul(g.out_w - 1, sw, "padded input"),
+                                     CheckedMul(g.kw - 1, g.dil_w, "padded input") + 1, "padded input");
+  p.Hq = CeilDiv(reach_h, sh);
+  p.Wq = CeilDiv(reach_w, sw);
+  p.phase = CheckedMul(p.Hq, p.Wq, "padded input");
+  p.used = CheckedMul(CheckedMul(sh, sw, "padded input"), p.phase, "padded input");
+  p.positions = CheckedMul(g.out_h, p.Wq, "positions");
+  p.tap_off.resize(static_cast<size_t>(g.taps()));
+  for (int64_t ky = 0; ky < g.kh; ++ky) {
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t ry = ky * g.dil_h, rx = kx * g.dil_w;
+      const int64_t off = ((ry % sh) * sw + rx % sw) * p.phase + (ry / sh) * p.Wq + rx / sw;
+      p.tap_off[ky * g.kw + kx] = off;
+      p.max_off = std::max(p.max_off, off);
+    }
+  }
+  return p;
+}
+
 int64_t ConvOutputSize(const ConvAttributes& a, int axis, int64_t in, int64_t k, int64_t* pad_begin) {
   const int64_t stride = a.strides[axis];
   const int64_t extent = CheckedAdd(CheckedMul(a.dilations[axis], k - 1, "dilated kernel"), 1, "dilated kernel");

@@ -41,6 +41,21 @@ struct ConvGeometry {
   std::vector<int64_t> OutputShape() const { return {batch, out_channels, out_h, out_w}; }
 };
 
+// The input zero-padded and split by stride phase (BasisConv's and QLinearBasisMaps' planes):
+// padded row r = qy*sh + ry, column x = qx*sw + rx is plane (ry, rx) at (qy, qx); Hq x Wq
+// covers every row and column a valid output reads. Output position q = oy*Wq + ox (ox < Wq;
+// the columns ox >= OW are computed and thrown away) reads, for tap t, plane offset
+// q + tap_off[t]: every tap of every position is a contiguous run.
+struct PhasePlanes {
+  int64_t Hq = 0, Wq = 0;
+  int64_t phase = 0;      // Hq * Wq, one stride phase
+  int64_t used = 0;       // sh * sw * phase, the planes of one channel
+  int64_t positions = 0;  // OH * Wq
+  int64_t max_off = 0;    // the largest tap offset
+  std::vector<int64_t> tap_off;
+  static PhasePlanes Of(const ConvGeometry& g);
+};
+
 // Resolves the geometry of a Conv with the given attributes and filter
 // (out_channels, in_per_group, kh, kw) on an input of shape x_dims.
 // Throws InvalidNode when the input does not fit the node.

@@ -233,29 +233,12 @@ void QLinearBasisMaps::ComputePlanes(Ort::KernelContext& context, const ConvGeom
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
   const int64_t sh = g.stride_h, sw = g.stride_w, taps = g.taps();
   const int32_t xz = x_zero_point_;
-  // Padded row r = qy*sh + ry, column x = qx*sw + rx is plane (ry, rx) at (qy, qx).
-  // Output position q = oy*Wq + ox reads, for tap t, P[q + tap_off[t]]: one
-  // contiguous sweep over all rows (the columns ox >= OW are computed and thrown away).
-  const int64_t reach_h = CheckedAdd(CheckedMul(OH - 1, sh, "padded input"),
-                                     CheckedMul(g.kh - 1, g.dil_h, "padded input") + 1, "padded input");
-  const int64_t reach_w = CheckedAdd(CheckedMul(OW - 1, sw, "padded input"),
-                                     CheckedMul(g.kw - 1, g.dil_w, "padded input") + 1, "padded input");
-  const int64_t Hq = CeilDiv(reach_h, sh), Wq = CeilDiv(reach_w, sw);
-  const int64_t phase = CheckedMul(Hq, Wq, "padded input");
-  const int64_t Q = CheckedMul(OH, Wq, "positions");
+  // Stride-phase planes (conv_geometry.h), one input channel at a time.
+  const PhasePlanes pp = PhasePlanes::Of(g);
+  const int64_t Hq = pp.Hq, Wq = pp.Wq, phase = pp.phase, Q = pp.positions, plane_used = pp.used;
+  const std::vector<int64_t>& tap_off = pp.tap_off;
   const int64_t Qp = CeilDiv(Q, kRound) * kRound;
-  std::vector<int64_t> tap_off(static_cast<size_t>(taps));
-  int64_t max_off = 0;
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const int64_t ry = ky * g.dil_h, rx = kx * g.dil_w;
-      const int64_t off = ((ry % sh) * sw + rx % sw) * phase + (ry / sh) * Wq + rx / sw;
-      tap_off[ky * g.kw + kx] = off;
-      max_off = std::max(max_off, off);
-    }
-  }
-  const int64_t plane_used = CheckedMul(CheckedMul(sh, sw, "padded input"), phase, "padded input");
-  const int64_t plane = std::max(plane_used, CheckedAdd(Qp, max_off, "padded input"));
+  const int64_t plane = std::max(plane_used, CheckedAdd(Qp, pp.max_off, "padded input"));
   // Huge pads, strides or dilations around a small input: the planes (or the thrown-away
   // positions) would dwarf input and output, so the sums are taken straight from the input.
   const bool direct = plane > 4 * g.in_plane() + (int64_t{1} << 20) || Q > 4 * g.out_plane() + 4096;
