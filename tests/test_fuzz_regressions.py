@@ -38,22 +38,28 @@ OPS = opcases.OPS
 
 
 def _string_attribute_model(op: str) -> tuple[bytes, dict, tuple]:
-    """A valid node of `op` with auto_pad SAME_UPPER, stride 2 and a fused Relu (string attributes),
-    its feeds, and the output shape ONNX Conv's formula gives."""
+    """A valid node of `op` with auto_pad SAME_UPPER, stride 2 and a fused Relu (string attributes;
+    QLinearBasisMaps, which takes no activation, channels first with auto_pad only), its feeds,
+    and the output shape ONNX Conv's formula gives."""
     rng = np.random.default_rng(11)
     while True:
         spec = opcases.VALID[op](rng)
         if spec.op != "LutConv" or spec.attrs.get("encoder", "tree") == "tree":
             break
     spec.attrs.pop("pads", None)
-    spec.attrs.update(auto_pad="SAME_UPPER", strides=[2, 2], activation="Relu")
+    spec.attrs.update(auto_pad="SAME_UPPER", strides=[2, 2])
     spec.attrs.pop("clip_min", None)
     spec.attrs.pop("clip_max", None)
+    if op in opcases.U8_OPS:
+        c = spec.x_shape[3] if spec.attrs.pop("channels_last", 0) == 1 else spec.x_shape[1]
+        spec.x_shape = (1, c, 9, 7)
+    else:
+        spec.attrs["activation"] = "Relu"
+        spec.x_shape = (1, spec.x_shape[1], 9, 7)
     if op == "LutConv":
         spec.attrs["encoder"] = "tree"
-    spec.x_shape = (1, spec.x_shape[1], 9, 7)
     model, feeds = opcases.build(spec, seed=0)
-    m = opcases.expected_output_bytes(spec) // 4 // (5 * 4)
+    m = opcases.expected_output_bytes(spec) // (1 if op in opcases.U8_OPS else 4) // (5 * 4)
     return model, feeds, (1, m, 5, 4)
 
 
