@@ -141,6 +141,13 @@ def test_huge_pads_direct_path():
         np.testing.assert_array_equal(got, want)
 
 
+def test_channels_last_kernel_too_large_for_float_sums():
+    """23x23 = 529 taps: past the exact float sums of the channels-last path (514), through planes."""
+    case, params, x = build_case(("big", 1, 3, 30, 27, 2, 23, {}), seed=9)
+    got, want = _run_both(case, params, x, True, channels_last=1)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("channels_last", [0, 1])
 def test_onnx_shape_inference_and_checker(channels_last):
     import onnxcompress.schemas as schemas

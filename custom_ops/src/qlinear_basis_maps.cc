@@ -136,6 +136,7 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
     }
   }
   kernels_ = SelectQLinearBasisMapsKernels();
+  Require(kRound % kernels_->lanes == 0, "the ", kernels_->name, " kernels' vectors do not divide ", kRound);
 }
 
 void QLinearBasisMaps::Compute(Ort::KernelContext& context) {

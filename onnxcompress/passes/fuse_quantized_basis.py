@@ -38,19 +38,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import DOMAIN
-from ..graph import constant_value, is_omitted, to_graph, to_model
-from .base import Pass, PassContext, PassResult
+from ..graph import constant_value, is_omitted, producer, single_consumer, to_graph, to_model
 
 _GEOMETRY = ("auto_pad", "pads", "strides", "dilations", "kernel_shape")
 
 
 def _producer(tensor, op: str):
-    node = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+    """The standard-domain node of type `op` writing `tensor`, or None."""
+    node = producer(tensor)
     return node if node is not None and node.op == op and not node.domain else None
-
-
-def _only_consumer(tensor, node) -> bool:
-    return len(tensor.outputs) == 1 and tensor.outputs[0] is node
 
 
 def _dq_params(dq):
@@ -71,27 +67,28 @@ def _q_params(q):
     return np.float32(np.asarray(scale).reshape(())), np.uint8(np.asarray(zp).reshape(()))
 
 
-def _weight(conv):
-    """(s8 weight, per-output-channel scales [M]) of a Conv whose weight is DQ(s8 constant), or None."""
+def _weight(conv, graph):
+    """(s8 weight, per-output-channel scales [M], its DequantizeLinear) of a Conv whose weight is
+    DQ(s8 constant) read by that Conv alone, or None."""
     dq = _producer(conv.inputs[1], "DequantizeLinear") if len(conv.inputs) > 1 else None
     params = _dq_params(dq) if dq is not None else None
     if params is None:
         return None
     w = constant_value(params[0])
     m = w.shape[0] if w is not None and w.ndim == 4 else 0
-    if w is None or w.dtype != np.int8 or m == 0 or int(dq.attrs.get("axis", 1)) != 0 and params[1].size != 1:
+    if w is None or w.dtype != np.int8 or m == 0 or (int(dq.attrs.get("axis", 1)) != 0 and params[1].size != 1):
         return None
     if params[2] is not None and np.any(np.asarray(params[2]) != 0):
         return None
     scale = params[1].reshape(-1)
     if scale.size not in (1, m):
         return None
-    if not _only_consumer(dq.outputs[0], conv):
+    if single_consumer(dq.outputs[0], graph) is not conv:
         return None
     return w, np.broadcast_to(scale, (m,)).astype(np.float32), dq
 
 
-def _match(concat, graph_outputs: set[str]):
+def _match(concat, graph: gs.Graph):
     """The fusion's pieces for one Concat, or None when a condition fails."""
     if int(concat.attrs.get("axis", 0)) not in (1, -3) or len(concat.outputs) != 1 or not concat.inputs:
         return None
@@ -99,13 +96,13 @@ def _match(concat, graph_outputs: set[str]):
     source, x_params = None, None
     for t in concat.inputs:
         dq = _producer(t, "DequantizeLinear")
-        if dq is None or not _only_consumer(t, concat):
+        if dq is None or single_consumer(t, graph) is not concat:
             return None
         q = _producer(dq.inputs[0], "QuantizeLinear")
-        if q is None or not _only_consumer(dq.inputs[0], dq):
+        if q is None or single_consumer(dq.inputs[0], graph) is not dq:
             return None
         conv = _producer(q.inputs[0], "Conv")
-        if conv is None or not _only_consumer(q.inputs[0], q):
+        if conv is None or single_consumer(q.inputs[0], graph) is not q:
             return None
         dqx = _producer(conv.inputs[0], "DequantizeLinear")
         px = _dq_params(dqx) if dqx is not None else None
@@ -117,7 +114,7 @@ def _match(concat, graph_outputs: set[str]):
             source, x_params = px[0], key
         elif px[0] is not source or key != x_params:
             return None
-        weight = _weight(conv)
+        weight = _weight(conv, graph)
         if weight is None:
             return None
         w, w_scale, wdq = weight
@@ -132,19 +129,19 @@ def _match(concat, graph_outputs: set[str]):
             bdq = _producer(conv.inputs[2], "DequantizeLinear")
             pb = _dq_params(bdq) if bdq is not None else None
             b = constant_value(pb[0]) if pb is not None else None
-            if b is None or not _only_consumer(bdq.outputs[0], conv) or b.dtype != np.int32 or b.shape != (c,) or \
+            if b is None or single_consumer(bdq.outputs[0], graph) is not conv or b.dtype != np.int32 or b.shape != (c,) or \
                     not np.allclose(pb[1].reshape(-1), np.float32(key[0]) * w_scale, rtol=1e-5):
                 return None
             bias = b
             removed.append(bdq)
         convs.append({"conv": conv, "w": w, "w_scale": w_scale, "bias": bias})
         removed += [dq, q, conv, wdq]
-    out = concat.outputs[0]
-    if len(out.outputs) != 1 or out.outputs[0].op != "QuantizeLinear" or out.outputs[0].domain:
+    q_out = single_consumer(concat.outputs[0], graph)
+    if q_out is None or q_out.op != "QuantizeLinear" or q_out.domain:
         return None
-    q_out = out.outputs[0]
     y_params = _q_params(q_out)
-    if y_params is None or q_out.outputs[0].name in graph_outputs or out.name in graph_outputs:
+    # a graph output keeps the values ORT's two roundings give it
+    if y_params is None or q_out.outputs[0] in graph.outputs:
         return None
     return {"concat": concat, "q_out": q_out, "source": source, "x": x_params, "y": y_params, "convs": convs,
             "removed": removed + [q_out]}
@@ -181,8 +178,7 @@ def _fuse(graph: gs.Graph, site: dict) -> None:
 def fuse_quantized_basis(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """The model with every site fused (see the module's doc), and the number of sites."""
     graph = to_graph(model)
-    outputs = {t.name for t in graph.outputs}
-    sites = [s for s in (_match(n, outputs) for n in list(graph.nodes) if n.op == "Concat" and not n.domain) if s]
+    sites = [s for s in (_match(n, graph) for n in list(graph.nodes) if n.op == "Concat" and not n.domain) if s]
     if not sites:
         return model, 0
     for site in sites:
@@ -190,10 +186,3 @@ def fuse_quantized_basis(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return to_model(graph, model), len(sites)
 
-
-class FuseQuantizedBasis(Pass):
-    name = "fuse-quantized-basis"
-
-    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        model, count = fuse_quantized_basis(model)
-        return PassResult(model, count > 0, f"{count} basis stage(s) fused" if count else "")

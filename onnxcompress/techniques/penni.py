@@ -77,6 +77,7 @@ def qlinear_basis_maps_schema():
         type_constraints=[("T1", ["tensor(uint8)"], "u8 activations"), ("T2", ["tensor(int8)"], "s8 weights"),
                           ("T3", ["tensor(int32)"], "int32 bias")],
         attributes=attributes)
+
     def dense_filter(dims, attr):  # W [M, 1, kH, kW]
         w = dims(3)
         return None if w is None or len(w) != 4 else (w[0], (w[2], w[3]))
