@@ -1,7 +1,8 @@
 """--method auto against the best single-method setting at the same budget.
 
-For each model: a seeded class-balanced calibration sample of mnist-train, and one
-seeded class-balanced sample of mnist-test split into a selection part (what
+For each model: a seeded class-balanced calibration sample of the training set (mnist, or
+fashion with --dataset fashion), and one seeded class-balanced sample of its test set
+split into a selection part (what
 auto's --max-drop is measured on, and what picks the best single setting) and a
 disjoint test part (reported, never used to choose). Every single-method setting
 of the planner's ladder is run as `optimize --method M` would run it (sequential
@@ -13,6 +14,10 @@ whole-model medians, interleaved, batch 1, at 1 and 2 threads.
 
     python bench/bench_auto.py                       # digits_cnn and resnet18_mnist
     python bench/bench_auto.py models/digits_cnn.onnx --max-drop 0.5 --candidates falcon,penni
+    python bench/bench_auto.py models/resnet18_fashion.onnx --dataset fashion --max-drop 1 --int8-only
+
+--int8-only: of the single settings only ORT INT8 on every Conv, timed with the original and
+auto in one interleaved run (so "auto / INT8" is a ratio within one run).
 """
 
 from __future__ import annotations
@@ -74,8 +79,8 @@ def run_auto(model_path, out_path, report_path, calib_npz, eval_npz, args) -> di
 
 def bench_model(path: Path, args, work: Path) -> list[list]:
     model = load_model(path)
-    xc, yc = dataset_arrays("mnist-train", args.calib, seed=0, model=model)
-    xs, ys = dataset_arrays("mnist-test", args.eval + args.test, seed=0, model=model)
+    xc, yc = dataset_arrays(f"{args.dataset}-train", args.calib, seed=0, model=model)
+    xs, ys = dataset_arrays(f"{args.dataset}-test", args.eval + args.test, seed=0, model=model)
     xe, ye, xt, yt = xs[:args.eval], ys[:args.eval], xs[args.eval:], ys[args.eval:]
     calib_npz, eval_npz = work / "calib.npz", work / "eval.npz"
     np.savez(calib_npz, input=xc, y=yc)
@@ -89,22 +94,20 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     auto_out, auto_rep = work / f"{path.stem}.auto.onnx", work / f"{path.stem}.auto.json"
     auto = run_auto(path, auto_out, auto_rep, calib_npz, eval_npz, args)
     plan = auto["report"]["plan"]
-    sp = speedups(path, auto_out, x1, args.runs)
+    sp = speedups(path, auto_out, x1, args.runs) if not args.int8_only else None
     a_e, a_t = top1(auto_out, xe, ye), top1(auto_out, xt, yt)
-    auto_row = [path.name, f"auto ({plan['layers_replaced']}/{plan['conv_layers']} layers)", f"{100 * a_e:.2f}",
-                f"{100 * a_t:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}", "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9
-                else "no", f"{auto['seconds']:.0f}", f"{auto['peak_rss_mb']:.0f}"]
-    print(f"  auto: planned in {auto['seconds']:.0f} s, peak RSS {auto['peak_rss_mb']:.0f} MB; "
-          f"speedup {sp[1]:.3f}x / {sp[2]:.3f}x", flush=True)
+    print(f"  auto: planned in {auto['seconds']:.0f} s, peak RSS {auto['peak_rss_mb']:.0f} MB"
+          + (f"; speedup {sp[1]:.3f}x / {sp[2]:.3f}x" if sp else ""), flush=True)
 
     from onnxcompress.plan.budget import split_feeds
 
     calib_feeds = split_feeds([{"input": xc[i:i + 8]} for i in range(0, len(xc), 8)], seed=0)[0]  # 256, as auto fits to
     best = None
     per_layer, stages = split_kinds(args.candidates)
-    settings = [(c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
-                for c in candidate_list(per_layer)]
-    if "int8" in stages:  # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
+    settings = [] if args.int8_only else [
+        (c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
+        for c in candidate_list(per_layer)]
+    if "int8" in stages or args.int8_only:  # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
         from onnxcompress.int8 import quantize_convs
         from onnxcompress.plan.planner import _canonical
 
@@ -118,13 +121,23 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
         save_model(prepare_for_runtime(out), str(p))
         s_e, s_t = top1(p, xe, ye), top1(p, xt, yt)
         meets = base_e - s_e <= args.max_drop / 100 + 1e-9
-        sp_c = speedups(path, p, x1, args.runs)
+        if args.int8_only:  # the original, INT8 and auto in one interleaved run
+            sp_c, sp, vs = {}, {}, {}
+            for t in (1, 2):
+                lat = bench_models([str(path), str(p), str(auto_out)], {"input": x1}, t, runs=args.runs, warmup=5)
+                sp_c[t], sp[t] = lat[1].ratio_to_first, lat[2].ratio_to_first
+                vs[t] = sp[t] / sp_c[t]
+            print(f"  auto / ORT INT8 in the same run: {vs[1]:.3f}x (1 thread) / {vs[2]:.3f}x (2 threads)", flush=True)
+        else:
+            sp_c = speedups(path, p, x1, args.runs)
         rows.append([path.name, c.label, f"{100 * s_e:.2f}", f"{100 * s_t:.2f}", f"{sp_c[1]:.3f}", f"{sp_c[2]:.3f}",
                      "yes" if meets else "no", f"{seconds:.0f}", ""])
         print(f"  {c.label}: {100 * s_e:.2f} / {100 * s_t:.2f}, {sp_c[1]:.3f}x / {sp_c[2]:.3f}x", flush=True)
         if meets and (best is None or sp_c[1] > best[1]):
             best = (c.label, sp_c[1])
-    rows.append(auto_row)
+    rows.append([path.name, f"auto ({plan['layers_replaced']}/{plan['conv_layers']} layers)", f"{100 * a_e:.2f}",
+                 f"{100 * a_t:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}", "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9
+                 else "no", f"{auto['seconds']:.0f}", f"{auto['peak_rss_mb']:.0f}"])
     verdict = (f"best single setting within {args.max_drop} points: {best[0]} at {best[1]:.3f}x (1 thread); auto "
                f"{sp[1]:.3f}x" if best else f"no single setting within {args.max_drop} points; auto {sp[1]:.3f}x")
     rows.append([path.name, verdict, "", "", "", "", "", "", ""])
@@ -136,8 +149,12 @@ def main() -> None:
     ap.add_argument("models", nargs="*", default=[str(REPO / "models/digits_cnn.onnx"),
                                                  str(REPO / "models/resnet18_mnist.onnx")])
     ap.add_argument("--calib", type=int, default=AUTO_CALIB_LIMIT)
-    ap.add_argument("--eval", type=int, default=1000, help="mnist-test digits auto and the best setting select on")
-    ap.add_argument("--test", type=int, default=1000, help="further mnist-test digits, reported only")
+    ap.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist",
+                    help="calibration from <dataset>-train, selection and test parts from <dataset>-test")
+    ap.add_argument("--eval", type=int, default=1000, help="test-set images auto and the best setting select on")
+    ap.add_argument("--test", type=int, default=1000, help="further test-set images, reported only")
+    ap.add_argument("--int8-only", action="store_true",
+                    help="of the single settings only ORT INT8, timed in one run with the original and auto")
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(list(KINDS) + list(STAGES))})")
     ap.add_argument("--runs", type=int, default=100)

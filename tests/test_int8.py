@@ -130,3 +130,59 @@ def test_errors(rewritten):
         quantize_convs(model, feeds, [3])
     quantize_convs(model, feeds, [c1])
     assert model.SerializeToString() == snapshot  # the input model is never changed
+
+
+# ------------------------------------------------------------------ the stage's speed step (plan/stages.py)
+
+class _Holds:
+    """A budget that holds for every model (the speed step is what is under test)."""
+
+    def holds(self, m):
+        return True
+
+
+def _stage_run(relative, layers_model=None):
+    from onnxcompress.plan.budget import Evaluator
+    from onnxcompress.plan.stages import STAGES, run_stage
+
+    model = layers_model or modelgen.small_resnet()
+    feeds = random_feeds(model, 4, seed=0, batch=4)
+    evaluator = Evaluator(model, feeds[:2])
+    lines = []
+    out = run_stage(STAGES["int8"], "original", model, feeds, evaluator, _Holds(), False, lambda m: 1.0,
+                    lines.append, relative=relative)
+    return model, out, lines
+
+
+def test_stage_leaves_out_a_layer_that_makes_the_model_slower():
+    model = modelgen.small_resnet()
+    first = conv_names(model)[0]
+    calls = []
+
+    def relative(ref, cand):  # "the model is 5% faster without INT8 on the first Conv"
+        calls.append(1)
+        return 1.05 if first in int8_convs(ref) and first not in int8_convs(cand) else 1.0
+
+    _, out, lines = _stage_run(relative, model)
+    assert out.meets_budget and first not in out.layers and list(out.left_for_speed) == [first]
+    assert sorted(out.layers) == sorted(n for n in conv_names(model) if n != first)
+    assert first not in int8_convs(out.model) and sorted(int8_convs(out.model)) == sorted(out.layers)
+    assert len(calls) == len(conv_names(model)) + 1  # each layer alone, then together
+    assert out.as_dict()["left_for_speed"] == {first: 1.05}
+    assert any("left out for speed" in s for s in lines)
+
+
+def test_stage_keeps_every_layer_when_leaving_them_out_is_not_faster():
+    # every layer alone "gains" 3%, but all of them together gain nothing: all are kept
+    def relative(ref, cand):
+        gone = len(set(int8_convs(ref)) - set(int8_convs(cand)))
+        return 1.03 if gone == 1 else 1.0
+
+    model, out, lines = _stage_run(relative)
+    assert sorted(out.layers) == sorted(conv_names(model)) and not out.left_for_speed
+    assert any("all kept" in s for s in lines)
+
+
+def test_stage_gains_within_noise_leave_everything_in():
+    model, out, _ = _stage_run(lambda ref, cand: 1.015)  # under the 2% margin
+    assert sorted(out.layers) == sorted(conv_names(model)) and not out.left_for_speed

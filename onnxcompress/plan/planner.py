@@ -158,10 +158,14 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         ref_ms, cand_ms = timer.time(m, key=None, runs=final_runs)
         return ref_ms / cand_ms
 
+    def relative_speed(ref: onnx.ModelProto, cand: onnx.ModelProto) -> float:
+        ref_ms, cand_ms = rebased(timer, ref).time(cand, key=None)
+        return ref_ms / cand_ms
+
     base_stage: StageOutcome | None = None
     for sname in stage_names:
         o = run_stage(STAGES[sname], "original", canon, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
-                      restrict=set(targets))
+                      restrict=set(targets), relative=relative_speed)
         stage_outcomes.append(o)
         if _pays_more(o, base_stage.speedup if base_stage else 1.0):
             base_stage = o
@@ -468,6 +472,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # each stage on every Conv the plan left to ORT; kept where the result is the fastest model within
     # the budget, timed as written (plan/stages.py).
     staged: dict[str, str] = {}  # layer -> stage
+    left_out: dict[str, tuple[str, float]] = {}  # layer -> (stage, speedup of the model without it in the stage)
     if base_stage is not None:
         if kept:
             ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
@@ -477,6 +482,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         else:
             final_speed = base_stage.speedup
         staged = {n: base_stage.stage for n in base_stage.layers if n not in kept}
+        left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
         plan_kind = (plan_kind + " + " if kept else "") + base_stage.stage
     else:
         final_speed = speedups.get(frozenset(kept)) if kept else 1.0
@@ -484,7 +490,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         for sname in stage_names if kept else []:
             # the Convs the plan left, and the standard Convs it wrote (penni's portable form)
             o = run_stage(STAGES[sname], "plan", final, fit_feeds, evaluator, budget, with_eval, stage_speed, say,
-                          restrict=set(targets) | (set(standard_convs(final)) - canon_convs))
+                          restrict=set(targets) | (set(standard_convs(final)) - canon_convs), relative=relative_speed)
             stage_outcomes.append(o)
             if _pays_more(o, winner.speedup if winner is not None else final_speed):
                 winner = o
@@ -492,6 +498,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             plan_before = final_speed
             final, final_m, final_speed = winner.model, winner.measurement, winner.speedup
             staged = {n: winner.stage for n in winner.layers}
+            left_out = {n: (winner.stage, g) for n, g in winner.left_for_speed.items()}
             notes.append(f"{winner.stage} on {len(winner.layers)} Conv(s) of the plan times {winner.speedup:.3f}x "
                          f"within the budget (the per-layer plan alone: {plan_before:.3f}x)")
             plan_kind = plan_kind + " + " + winner.stage
@@ -539,7 +546,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         else:
             macs_after_total += macs.get(n) or 0
             row["choice"] = "original"
-            if n not in results:
+            if n in left_out:
+                row["why"] = (f"left out of {left_out[n][0]}: the model timed {left_out[n][1]:.3f}x faster with "
+                              f"this layer as it was")
+            elif n not in results:
                 row["why"] = "not among --layers"
             elif n in why_not:
                 row["why"] = why_not[n]

@@ -8,8 +8,15 @@ between fp32 neighbours mostly pays for its conversions. Such a kind is a `Stage
 given a model (the plan's result, or the original), it is applied to every standard
 Conv left in it (the `layers` it names); the planner measures the result on the
 validation part, gives layers back (the most damaging alone first) until the budget
-holds, times it in the model and keeps it where it is the fastest model within the
-budget. A new stage is one more `register_stage(...)`: the planner does not change.
+holds, then leaves out each layer the stage makes slower in the model (timed against
+the staged model with only that layer left as it was; kept out only where the model
+without it is faster as a whole too), times it in the model and keeps it where it is
+the fastest model within the budget. A new stage is one more `register_stage(...)`:
+the planner does not change.
+
+Why the speed step: ORT's u8 QLinearConv on a Conv of 1-3 input channels (a stem) is
+slower than its fp32 Conv; a model with the stem left fp32 timed 1.02-1.12x the model
+with INT8 on every Conv on every bundled model (docs/results.md).
 
 INT8: onnxcompress.int8.quantize_convs (QDQ, per-channel s8 weights, u8 activations,
 MinMax ranges on the fitting part of the calibration inputs, Relu/Clip folded), so
@@ -97,6 +104,7 @@ class StageOutcome:
     speedup: float | None = None    # against the canonicalised original, planning threads
     meets_budget: bool = False
     given_back: list[str] = field(default_factory=list)
+    left_for_speed: dict[str, float] = field(default_factory=dict)  # layer -> speedup of the model without it
     seconds: float = 0.0
     note: str = ""
 
@@ -105,15 +113,53 @@ class StageOutcome:
                 "measurement": None if self.measurement is None else self.measurement.as_dict(),
                 "speedup": None if self.speedup is None else round(self.speedup, 4),
                 "meets_budget": self.meets_budget, "given_back": list(self.given_back),
+                "left_for_speed": {n: round(v, 4) for n, v in self.left_for_speed.items()},
                 "seconds": round(self.seconds, 1), "note": self.note}
+
+
+SPEED_MIN_GAIN = 0.02  # a layer is left out of a stage for speed only where that gains more than timing noise
+
+
+def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say,
+                      base_name):
+    """(kept, model, measurement, {layer: gain}) after leaving out of the stage each layer it makes
+    slower in the model. Each layer is timed alone (the staged model without it against the staged
+    model, ranges from two feeds: the graph is the same); those gaining more than `min_gain` are
+    left out together, kept out only where that model is faster than the staged one and meets the
+    budget."""
+    gains = {}
+    for n in kept:
+        gains[n] = relative(model, stage.apply(base, [k for k in kept if k != n], feeds[:2]))
+    slower = {n: g for n, g in gains.items() if g > 1 + min_gain}
+    if not slower:
+        return kept, model, m, {}
+    rest = [n for n in kept if n not in slower]
+    trial = stage.apply(base, rest, feeds)
+    together = relative(model, trial)
+    if together <= 1 + min_gain / 2:
+        say(f"auto: {stage.name} on the {base_name}: {len(slower)} layer(s) faster left out alone, "
+            f"but {together:.3f}x together: all kept")
+        return kept, model, m, {}
+    mt = evaluator.measure(trial, with_eval=with_eval)
+    if not budget.holds(mt):
+        say(f"auto: {stage.name} on the {base_name} without {sorted(slower)} misses the budget: all kept")
+        return kept, model, m, {}
+    say(f"auto: {stage.name} on the {base_name}: left out for speed {', '.join(sorted(slower))} "
+        f"({together:.3f}x the model with them)")
+    return rest, trial, mt, slower
 
 
 def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evaluator, budget, with_eval: bool,
               speed: Callable[[onnx.ModelProto], float], say: Callable[[str], None],
-              restrict: set[str] | None = None) -> StageOutcome:
+              restrict: set[str] | None = None,
+              relative: Callable[[onnx.ModelProto, onnx.ModelProto], float] | None = None,
+              min_gain: float = SPEED_MIN_GAIN) -> StageOutcome:
     """`stage` on every layer of `base` it applies to (within `restrict` when given); if the result
     misses the budget, the layers most damaging alone are given back (bisection over the least
-    damaging prefix); the result is timed with `speed`."""
+    damaging prefix); with `relative` ((reference, candidate) -> reference time / candidate time,
+    interleaved), each kept layer whose absence makes the model faster by more than `min_gain` is
+    left out, where the model without all of them is faster too and still meets the budget; the
+    result is timed with `speed`."""
     t0 = time.perf_counter()
     base = stage.prepare(base)  # e.g. an opset-11 model converted once, not once per give-back trial
     layers = [n for n in stage.layers(base) if restrict is None or n in restrict]
@@ -154,6 +200,9 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
             out.seconds = time.perf_counter() - t0
             return out
         model, m = trials[k]
+    if relative is not None and len(kept) > 1:
+        kept, model, m, out.left_for_speed = _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget,
+                                                               with_eval, relative, min_gain, say, base_name)
     out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
     out.speedup = speed(model)
     out.seconds = time.perf_counter() - t0
