@@ -7,10 +7,11 @@ QuantizeLinear / DequantizeLinear pairs and folds the following Relu, and one IN
 between fp32 neighbours mostly pays for its conversions. Such a kind is a `Stage`:
 given a model (the plan's result, or the original), it is applied to every standard
 Conv left in it (the `layers` it names); the planner measures the result on the
-validation part, gives layers back (the most damaging alone first) until the budget
-holds, then leaves out each layer the stage makes slower in the model (timed against
-the staged model with only that layer left as it was; kept out only where the model
-without it is faster as a whole too), times it in the model and keeps it where it is
+validation part and times, for each layer, the staged model without the stage on that
+layer against it (what the layer's stage saves, in the model). Where the budget does not
+hold, it gives layers back, the most damaging alone per unit of time saved first, until
+it does. Then it leaves out each layer the stage makes slower in the model (kept out
+only where the model without all of them is faster as a whole too), times it in the model and keeps it where it is
 the fastest model within the budget. A new stage is one more `register_stage(...)`:
 the planner does not change.
 
@@ -118,19 +119,22 @@ class StageOutcome:
 
 
 SPEED_MIN_GAIN = 0.02  # a layer is left out of a stage for speed only where that gains more than timing noise
+SAVING_FLOOR = 0.002   # a layer's stage saving less of the model's time than this is given back first
 
 
-def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say,
-                      base_name):
-    """(kept, model, measurement, {layer: gain}) after leaving out of the stage each layer it makes
-    slower in the model. Each layer is timed alone (the staged model without it against the staged
-    model, ranges from two feeds: the graph is the same); those gaining more than `min_gain` are
-    left out together, kept out only where that model is faster than the staged one and meets the
-    budget."""
-    gains = {}
-    for n in kept:
-        gains[n] = relative(model, stage.apply(base, [k for k in kept if k != n], feeds[:2]))
-    slower = {n: g for n, g in gains.items() if g > 1 + min_gain}
+def _gains(stage, base, layers, model, feeds, relative) -> dict[str, float]:
+    """{layer: time of `model` (the stage on `layers`) / time of it without the stage on that layer},
+    each timed interleaved against `model` (ranges from two feeds: the graph is the same): above 1
+    where the stage makes the model slower with that layer."""
+    return {n: relative(model, stage.apply(base, [k for k in layers if k != n], feeds[:2])) for n in layers}
+
+
+def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, gains, min_gain, say,
+                      base_name, relative):
+    """(kept, model, measurement, {layer: gain}) after leaving out of the stage each layer whose
+    `gains` exceed 1 + `min_gain`, together; kept out only where that model is faster than the
+    staged one and meets the budget."""
+    slower = {n: gains[n] for n in kept if gains.get(n, 1.0) > 1 + min_gain}
     if not slower:
         return kept, model, m, {}
     rest = [n for n in kept if n not in slower]
@@ -154,12 +158,15 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
               restrict: set[str] | None = None,
               relative: Callable[[onnx.ModelProto, onnx.ModelProto], float] | None = None,
               min_gain: float = SPEED_MIN_GAIN) -> StageOutcome:
-    """`stage` on every layer of `base` it applies to (within `restrict` when given); if the result
-    misses the budget, the layers most damaging alone are given back (bisection over the least
-    damaging prefix); with `relative` ((reference, candidate) -> reference time / candidate time,
-    interleaved), each kept layer whose absence makes the model faster by more than `min_gain` is
-    left out, where the model without all of them is faster too and still meets the budget; the
-    result is timed with `speed`."""
+    """`stage` on every layer of `base` it applies to (within `restrict` when given).
+
+    With `relative` ((reference, candidate) -> reference time / candidate time, interleaved), what
+    each layer's stage saves is timed in the model first (the staged model without it against the
+    staged model). If the result misses the budget, layers are given back, the most damaging alone
+    per unit of time saved first (without `relative`: the most damaging alone first; bisection over
+    the prefix that remains). Then each kept layer whose absence makes the model faster by more than
+    `min_gain` is left out, where the model without all of them is faster too and still meets the
+    budget. The result is timed with `speed`."""
     t0 = time.perf_counter()
     base = stage.prepare(base)  # e.g. an opset-11 model converted once, not once per give-back trial
     layers = [n for n in stage.layers(base) if restrict is None or n in restrict]
@@ -177,19 +184,29 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
         return out
     say(f"auto: {stage.name} on all {len(layers)} layers of the {base_name}: {m.as_dict()}")
     kept = list(layers)
+    gains = _gains(stage, base, layers, model, feeds, relative) if relative is not None and len(layers) > 1 else {}
     if not budget.holds(m):
-        # the damage of each layer alone, then the longest least-damaging prefix that holds
+        # the damage of each layer alone, then the longest prefix that holds, least damaging per unit of
+        # time saved first (a layer saving nothing, or costing time, last)
         alone = {}
         for n in layers:
             alone[n] = evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
-        gentle = sorted(layers, key=lambda n: (alone[n], n))
+
+        def order(n):
+            if not gains:
+                return (0, alone[n], n)
+            saving = 1.0 / gains[n] - 1.0  # the time the layer's stage saves, as a share of the staged model's
+            return (0, alone[n] / saving, n) if saving > SAVING_FLOOR else (1, alone[n], n)
+
+        gentle = sorted(layers, key=order)
         trials = {}
 
         def holds(k: int) -> bool:
             mq = stage.apply(base, gentle[:k], feeds)
             mk = evaluator.measure(mq, with_eval=with_eval)
             trials[k] = (mq, mk)
-            say(f"auto: {stage.name} on the {k} least damaging layers of the {base_name}: {mk.as_dict()}")
+            say(f"auto: {stage.name} on the {k} least damaging layers{' per time saved' if gains else ''} of the "
+                f"{base_name}: {mk.as_dict()}")
             return budget.holds(mk)
 
         k = longest_passing(len(gentle), holds)
@@ -200,9 +217,9 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
             out.seconds = time.perf_counter() - t0
             return out
         model, m = trials[k]
-    if relative is not None and len(kept) > 1:
+    if gains and len(kept) > 1:
         kept, model, m, out.left_for_speed = _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget,
-                                                               with_eval, relative, min_gain, say, base_name)
+                                                               with_eval, gains, min_gain, say, base_name, relative)
     out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
     out.speedup = speed(model)
     out.seconds = time.perf_counter() - t0
