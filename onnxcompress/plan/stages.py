@@ -11,12 +11,12 @@ validation part and times, for each layer, the staged model without the stage on
 layer against it (what the layer's stage saves, in the model). Where the budget does not
 hold, it gives layers back, the most damaging alone per unit of time saved first, until
 it does. Then it leaves out each layer the stage makes slower in the model (kept out
-only where the model without all of them is faster as a whole too), times it in the model and keeps it where it is
-the fastest model within the budget. A new stage is one more `register_stage(...)`:
-the planner does not change.
+only where the model without all of them is faster as a whole too), times the result
+in the model and keeps it where it is the fastest model within the budget. A new stage
+is one more `register_stage(...)`: the planner does not change.
 
-Why the speed step: ORT's u8 QLinearConv on a Conv of 1-3 input channels (a stem) is
-slower than its fp32 Conv; a model with the stem left fp32 timed 1.02-1.12x the model
+Why the speed step: ORT's u8 QLinearConv on a Conv of 1 or 3 input channels (a stem) is
+slower than its fp32 Conv; a model with the stem left fp32 timed 1.01-1.12x the model
 with INT8 on every Conv on every bundled model (docs/results.md).
 
 INT8: onnxcompress.int8.quantize_convs (QDQ, per-channel s8 weights, u8 activations,
