@@ -81,7 +81,8 @@ def main() -> None:
         feeds, what = calibration_sample(model, calib, args.calib, seed=0)
         start = time.perf_counter()
         out, report = optimize(model, "auto", calib_feeds=feeds, timing_cache=str(work / "timings.json"),
-                               min_agreement=args.min_agreement)
+                               min_agreement=args.min_agreement,
+                               progress=lambda line: print(f"  {name}: {line}", file=sys.stderr, flush=True))
         seconds = time.perf_counter() - start
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         out_path = work / f"{name}.auto.onnx"
