@@ -126,8 +126,8 @@ def main() -> None:
         print(" | ".join(rows[-1]), flush=True)
     print(format_table(["model", "calibration", "written", "speedup 1T", "speedup 2T", "ORT INT8 1T / 2T",
                         "auto / INT8 1T / 2T", "held-out check", "planning s", "process peak RSS MB"], rows))
-    print(f"(planner's budget: top-1 agreement >= {args.min_agreement or 0.99} shown at 95% on the calibration inputs held out "
-          f"of the fit ({args.calib} taken, at most 256 fitted to); "
+    print(f"(planner's budget: top-1 agreement >= {args.min_agreement or 0.99} shown at 95% on the calibration "
+          f"inputs held out of the fit ({args.calib} taken, at most 256 fitted to); "
           f"speedups from this script's own interleaved timing against the file as given; models in {work})")
 
 

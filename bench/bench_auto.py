@@ -107,7 +107,8 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     settings = [] if args.int8_only else [
         (c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
         for c in candidate_list(per_layer)]
-    if "int8" in stages or args.int8_only:  # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
+    # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
+    if "int8" in stages or args.int8_only:
         from onnxcompress.int8 import quantize_convs
         from onnxcompress.plan.planner import _canonical
 

@@ -141,11 +141,11 @@ class _Holds:
         return True
 
 
-def _stage_run(relative, layers_model=None):
+def _stage_run(relative, model=None):
     from onnxcompress.plan.budget import Evaluator
     from onnxcompress.plan.stages import STAGES, run_stage
 
-    model = layers_model or modelgen.small_resnet()
+    model = model or modelgen.small_resnet()
     feeds = random_feeds(model, 4, seed=0, batch=4)
     evaluator = Evaluator(model, feeds[:2])
     lines = []

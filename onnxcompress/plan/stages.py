@@ -11,9 +11,9 @@ validation part and, where the budget does not hold, gives layers back (the most
 damaging alone first) until it does. Then it times, for each layer kept, the staged
 model without the stage on that layer against it, and leaves out the layers the stage
 makes slower in the model (kept out only where the model without all of them is
-faster as a whole too), times the result
-in the model and keeps it where it is the fastest model within the budget. A new stage
-is one more `register_stage(...)`: the planner does not change.
+faster as a whole too), times the result in the model and keeps it where it is the
+fastest model within the budget. A new stage is one more `register_stage(...)`: the
+planner does not change.
 
 Why the speed step: ORT's u8 QLinearConv on a Conv of 1 or 3 input channels (a stem) is
 slower than its fp32 Conv; a model with the stem left fp32 timed 1.01-1.12x the model
@@ -121,19 +121,15 @@ class StageOutcome:
 SPEED_MIN_GAIN = 0.02  # a layer is left out of a stage for speed only where that gains more than timing noise
 
 
-def _gains(stage, base, layers, model, feeds, relative) -> dict[str, float]:
-    """{layer: time of `model` (the stage on `layers`) / time of it without the stage on that layer},
-    each timed interleaved against `model` (ranges from two feeds: the graph is the same): above 1
-    where the stage makes the model slower with that layer."""
-    return {n: relative(model, stage.apply(base, [k for k in layers if k != n], feeds[:2])) for n in layers}
-
-
-def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, gains, min_gain, say,
-                      base_name, relative):
+def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say,
+                      base_name):
     """(kept, model, measurement, {layer: gain}) after leaving out of the stage each layer whose
-    `gains` exceed 1 + `min_gain`, together; kept out only where that model is faster than the
-    staged one and meets the budget."""
-    slower = {n: gains[n] for n in kept if gains.get(n, 1.0) > 1 + min_gain}
+    gain exceeds 1 + `min_gain`, together; kept out only where that model is faster than the staged
+    one and meets the budget. A layer's gain: the time of `model` (the stage on `kept`) over that of
+    it without the stage on that layer, timed interleaved (ranges from two feeds: the graph is the
+    same); above 1 where the stage makes the model slower with that layer."""
+    gains = {n: relative(model, stage.apply(base, [k for k in kept if k != n], feeds[:2])) for n in kept}
+    slower = {n: g for n, g in gains.items() if g > 1 + min_gain}
     if not slower:
         return kept, model, m, {}
     rest = [n for n in kept if n not in slower]
@@ -209,9 +205,8 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
             return out
         model, m = trials[k]
     if relative is not None and len(kept) > 1:
-        gains = _gains(stage, base, kept, model, feeds, relative)
         kept, model, m, out.left_for_speed = _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget,
-                                                               with_eval, gains, min_gain, say, base_name, relative)
+                                                               with_eval, relative, min_gain, say, base_name)
     out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
     out.speedup = speed(model)
     out.seconds = time.perf_counter() - t0
