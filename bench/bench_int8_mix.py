@@ -5,6 +5,7 @@ Variants, all calibrated on the same seeded sample of the training digits:
 - ORT fp32 (ORT_ENABLE_ALL);
 - ORT INT8, every Conv (onnxcompress.int8.quantize_convs: ORT's quantizer, QDQ, s8 per-channel
   weights, u8 activations, MinMax ranges, the Relu after each Conv folded into its output range);
+- the same with the stem (the Conv reading the model input) left fp32;
 - ORT INT8 as bench/peer_table.py makes it (quant_pre_process, then quantize_static on every op
   type ORT quantizes: Conv, Add, Gemm, ...), for reference;
 - PENNI d=3, 90% coefficient sparsity, one basis iteration (BasisConv);
@@ -137,6 +138,11 @@ def build_variants(path: Path, feeds: list[dict], args) -> list[dict]:
     add("ORT fp32", original, 0.0)
     start = time.perf_counter()
     add("ORT INT8 all Convs", quantize_convs(original, feeds), time.perf_counter() - start)
+    stem = stem_name(original)
+    if stem:  # ORT's u8 Conv on the 1-3 channel stem is what the planner's INT8 stage may leave fp32
+        start = time.perf_counter()
+        add("ORT INT8 all Convs but the stem", quantize_convs(original, feeds, exclude=[stem]),
+            time.perf_counter() - start, f"{stem} fp32")
     start = time.perf_counter()
     add("ORT INT8 all ops (peer_table)", peer_int8(original, feeds), time.perf_counter() - start,
         "Add / Gemm / pools quantized too")
@@ -161,7 +167,6 @@ def build_variants(path: Path, feeds: list[dict], args) -> list[dict]:
         start = time.perf_counter()
         add(f"penni portable d={d} dense + INT8 all", quantize_convs(portable, feeds),
             t_portable + time.perf_counter() - start, "every Conv of the portable form in INT8")
-    stem = stem_name(original)
     if stem and stem not in left and not args.no_stem_variant:
         start = time.perf_counter()
         plan = penni_without(original, feeds, {stem}, args)
