@@ -4,7 +4,11 @@ logits / fidelity measures for the photo case."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
 
 from onnxcompress.evaluation import open_session, run_session
 from onnxcompress.images import photo_crops
@@ -67,3 +71,22 @@ def machine_summary() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{model}; ISA {'/'.join(isa) or 'unknown'}; {os.cpu_count()} cpus; onnxruntime {ort.__version__}; "
             f"load average {load:.2f} at start")
+
+
+def ort_int8_defaults(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
+    """ORT's static INT8 as a user of ORT makes it: quant_pre_process, then quantize_static with its
+    default op types (Conv, Add, Gemm, pools, ...), QDQ, s8 per-channel weights, u8 activations,
+    MinMax ranges on `feeds`."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from onnxcompress.int8 import _Reader
+    from onnxcompress.model_io import prepare_for_runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, out = (Path(tmp) / n for n in ("in.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(model, str(src))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return prepare_for_runtime(onnx.load(str(out)))

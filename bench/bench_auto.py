@@ -7,8 +7,10 @@ auto's --max-drop is measured on, and what picks the best single setting) and a
 disjoint test part (reported, never used to choose). Every single-method setting
 of the planner's ladder is run as `optimize --method M` would run it (sequential
 fit on a fitting part like auto's: a seeded 256 of
-the --calib inputs, the rest being what auto validates on), and so is ORT's static INT8 on every Conv (QDQ,
-per-channel, the same calibration inputs: what a user picks instead); auto runs as the command line does, in a
+the --calib inputs, the rest being what auto validates on), and so is ORT's static INT8 (QDQ, per-channel,
+the same calibration inputs: what a user picks instead) twice: with ORT's defaults (quant_pre_process,
+then quantize_static on every op type it quantizes: Conv, Add, Gemm, pools) and on every Conv only (what
+the planner's INT8 stage starts from); auto runs as the command line does, in a
 child process, so that its planning time and peak RSS are its own. Speedups are
 whole-model medians, interleaved, batch 1, at 1 and 2 threads.
 
@@ -16,7 +18,7 @@ whole-model medians, interleaved, batch 1, at 1 and 2 threads.
     python bench/bench_auto.py models/digits_cnn.onnx --max-drop 0.5 --candidates falcon,penni
     python bench/bench_auto.py models/resnet18_fashion.onnx --dataset fashion --max-drop 1 --int8-only
 
---int8-only: of the single settings only ORT INT8 on every Conv, timed with the original and
+--int8-only: of the single settings only the two ORT INT8 ones, timed with the original and
 auto in one interleaved run (so "auto / INT8" is a ratio within one run).
 """
 
@@ -44,7 +46,7 @@ from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.plan.candidates import KINDS, candidate_list  # noqa: E402
 from onnxcompress.plan.stages import STAGES, split_kinds  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
-from _modelbench import machine_summary  # noqa: E402
+from _modelbench import machine_summary, ort_int8_defaults  # noqa: E402
 
 
 def top1(path, x, y) -> float:
@@ -107,35 +109,41 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     settings = [] if args.int8_only else [
         (c.label, lambda c=c: optimize(model, c.kind, calib_feeds=calib_feeds, **c.opts)[0])
         for c in candidate_list(per_layer)]
-    # what a user picks instead: ORT's static INT8 on every Conv, same calibration inputs
+    # what a user picks instead: ORT's static INT8 with its defaults (every op type it quantizes), and on
+    # every Conv only (what the planner's INT8 stage starts from); same calibration inputs
     if "int8" in stages or args.int8_only:
         from onnxcompress.int8 import quantize_convs
         from onnxcompress.plan.planner import _canonical
 
+        settings.append(("ORT int8 (defaults, every op)", lambda: ort_int8_defaults(model, calib_feeds)))
         settings.append(("ORT int8 (all Convs)", lambda: quantize_convs(_canonical(model), calib_feeds)))
+    made = []
     for label, make in settings:
-        c = type("Setting", (), {"label": label})
         start = time.perf_counter()
         out = make()
         seconds = time.perf_counter() - start
-        p = work / f"{path.stem}.{c.label.replace(' ', '_').replace('/', '-')}.onnx"
+        p = work / f"{path.stem}.{label.replace(' ', '_').replace('/', '-').replace(',', '')}.onnx"
         save_model(prepare_for_runtime(out), str(p))
+        made.append((label, p, seconds))
+    if args.int8_only:  # the original, the INT8 settings and auto in one interleaved run
+        sp, per = {}, {}
+        for t in (1, 2):
+            lat = bench_models([str(path)] + [str(p) for _, p, _ in made] + [str(auto_out)], {"input": x1}, t,
+                               runs=args.runs, warmup=5)
+            sp[t] = lat[-1].ratio_to_first
+            per[t] = [r.ratio_to_first for r in lat[1:-1]]
+        for i, (label, _, _) in enumerate(made):
+            print(f"  auto / {label} in the same run: {sp[1] / per[1][i]:.3f}x (1 thread) / "
+                  f"{sp[2] / per[2][i]:.3f}x (2 threads)", flush=True)
+    for i, (label, p, seconds) in enumerate(made):
         s_e, s_t = top1(p, xe, ye), top1(p, xt, yt)
         meets = base_e - s_e <= args.max_drop / 100 + 1e-9
-        if args.int8_only:  # the original, INT8 and auto in one interleaved run
-            sp_c, sp, vs = {}, {}, {}
-            for t in (1, 2):
-                lat = bench_models([str(path), str(p), str(auto_out)], {"input": x1}, t, runs=args.runs, warmup=5)
-                sp_c[t], sp[t] = lat[1].ratio_to_first, lat[2].ratio_to_first
-                vs[t] = sp[t] / sp_c[t]
-            print(f"  auto / ORT INT8 in the same run: {vs[1]:.3f}x (1 thread) / {vs[2]:.3f}x (2 threads)", flush=True)
-        else:
-            sp_c = speedups(path, p, x1, args.runs)
-        rows.append([path.name, c.label, f"{100 * s_e:.2f}", f"{100 * s_t:.2f}", f"{sp_c[1]:.3f}", f"{sp_c[2]:.3f}",
+        sp_c = {1: per[1][i], 2: per[2][i]} if args.int8_only else speedups(path, p, x1, args.runs)
+        rows.append([path.name, label, f"{100 * s_e:.2f}", f"{100 * s_t:.2f}", f"{sp_c[1]:.3f}", f"{sp_c[2]:.3f}",
                      "yes" if meets else "no", f"{seconds:.0f}", ""])
-        print(f"  {c.label}: {100 * s_e:.2f} / {100 * s_t:.2f}, {sp_c[1]:.3f}x / {sp_c[2]:.3f}x", flush=True)
+        print(f"  {label}: {100 * s_e:.2f} / {100 * s_t:.2f}, {sp_c[1]:.3f}x / {sp_c[2]:.3f}x", flush=True)
         if meets and (best is None or sp_c[1] > best[1]):
-            best = (c.label, sp_c[1])
+            best = (label, sp_c[1])
     rows.append([path.name, f"auto ({plan['layers_replaced']}/{plan['conv_layers']} layers)", f"{100 * a_e:.2f}",
                  f"{100 * a_t:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}", "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9
                  else "no", f"{auto['seconds']:.0f}", f"{auto['peak_rss_mb']:.0f}"])

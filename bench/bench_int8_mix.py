@@ -7,7 +7,9 @@ Variants, all calibrated on the same seeded sample of the training digits:
   weights, u8 activations, MinMax ranges, the Relu after each Conv folded into its output range);
 - the same with the stem (the Conv reading the model input) left fp32;
 - ORT INT8 as bench/peer_table.py makes it (quant_pre_process, then quantize_static on every op
-  type ORT quantizes: Conv, Add, Gemm, ...), for reference;
+  type ORT quantizes: Conv, Add, Gemm, ...): what a user of ORT gets with its defaults;
+- quantize_convs(other_ops=True): the same op types through our path (what the planner's INT8
+  stage widens to), with every Conv and with the stem left fp32;
 - PENNI d=3, 90% coefficient sparsity, one basis iteration (BasisConv);
 - PENNI + INT8: the same PENNI model, then the Convs PENNI left to ORT (the stem and any other)
   quantized with quantize_convs;
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,11 +48,12 @@ from onnxcompress.analysis import analyse_convs  # noqa: E402
 from onnxcompress.errors import OnnxCompressError  # noqa: E402
 from onnxcompress.evaluation import evaluate_accuracy, open_session  # noqa: E402
 from onnxcompress.inputs import calibration_feeds, dataset_arrays  # noqa: E402
-from onnxcompress.int8 import _Reader, conv_names, int8_convs, quantize_convs  # noqa: E402
+from onnxcompress.int8 import conv_names, int8_convs, quantize_convs  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
 from bench_layout_tax import load_note, machine_summary  # noqa: E402
+from _modelbench import ort_int8_defaults  # noqa: E402
 
 DEFAULT_MODELS = ["models/resnet18_mnist.onnx", "models/digits_cnn.onnx"]
 
@@ -72,20 +74,6 @@ def interleaved(models: list[bytes], feed: dict, threads: int, runs: int, warmup
             wall[i].append(time.perf_counter() - start)
             cpu[i].append(time.thread_time() - start_cpu)
     return [1e3 * float(np.median(w)) for w in wall], [1e3 * float(np.median(c)) for c in cpu]
-
-
-def peer_int8(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
-    """bench/peer_table.py's INT8: quant_pre_process, then quantize_static on every op type."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, out = (Path(tmp) / n for n in ("in.onnx", "pre.onnx", "int8.onnx"))
-        onnx.save(model, str(src))
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return prepare_for_runtime(onnx.load(str(out)))
 
 
 def composition(model: onnx.ModelProto) -> str:
@@ -144,8 +132,17 @@ def build_variants(path: Path, feeds: list[dict], args) -> list[dict]:
         add("ORT INT8 all Convs but the stem", quantize_convs(original, feeds, exclude=[stem]),
             time.perf_counter() - start, f"{stem} fp32")
     start = time.perf_counter()
-    add("ORT INT8 all ops (peer_table)", peer_int8(original, feeds), time.perf_counter() - start,
+    add("ORT INT8 all ops (peer_table)", ort_int8_defaults(original, feeds), time.perf_counter() - start,
         "Add / Gemm / pools quantized too")
+    start = time.perf_counter()
+    add("INT8 all ops (other_ops)", quantize_convs(original, feeds, other_ops=True), time.perf_counter() - start,
+        "quantize_convs(other_ops=True): what the planner's INT8 stage widens to")
+    if stem:
+        start = time.perf_counter()
+        add("INT8 all ops but the stem (other_ops)", quantize_convs(original, feeds, exclude=[stem], other_ops=True),
+            time.perf_counter() - start, f"{stem} and its Relu fp32")
+    if args.no_penni:
+        return rows
     start = time.perf_counter()
     penni, report = optimize(original, "penni", calib_feeds=feeds, bases=args.bases, coef_sparsity=args.sparsity,
                              basis_iterations=args.basis_iterations)
@@ -191,6 +188,7 @@ def main() -> None:
                         help="d of the portable dense PENNI variants (none: leave them out)")
     parser.add_argument("--no-stem-variant", action="store_true",
                         help="skip the variant that keeps the stem out of PENNI's plan (a second PENNI fit)")
+    parser.add_argument("--no-penni", action="store_true", help="the fp32 and INT8 variants only")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     try:

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,28 +39,13 @@ from onnxcompress.inputs import AUTO_CALIB_LIMIT  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
-from _modelbench import eval_data, fidelity, logits, machine_summary  # noqa: E402
+from _modelbench import eval_data, fidelity, logits, machine_summary, ort_int8_defaults  # noqa: E402
 
 
 def int8_qdq(model_path: Path, calib: np.ndarray, input_name: str, workdir: Path) -> bytes:
-    """ORT static INT8 quantization, QDQ format, per-channel weights."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{input_name: calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    pre = workdir / "pre.onnx"
-    quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
-    out = workdir / "int8.onnx"
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    model = onnx.load(str(out))
-    return prepare_for_runtime(model).SerializeToString()
+    """ORT static INT8 quantization with its defaults (QDQ, per-channel weights), on `calib`."""
+    feeds = [{input_name: calib[i:i + 1]} for i in range(len(calib))]
+    return ort_int8_defaults(load_model(model_path), feeds).SerializeToString()
 
 
 def variants(model_path: Path, calib: np.ndarray, workdir: Path, auto_calib: np.ndarray | None = None) -> list[dict]:

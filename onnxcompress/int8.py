@@ -45,6 +45,17 @@ from .errors import OnnxCompressError
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 ACTIVATIONS = ("Relu", "Clip")
+# Not quantized as `other_ops`: layers are chosen one by one (Conv); normalisations (folded by
+# canonicalisation where they can be); ops on indices or control, where INT8 saves nothing.
+_NOT_OTHER_OPS = ("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                  "EmbedLayerNormalization", "ArgMax", "TopK", "Gather", "GatherElements", "CumSum", "Where")
+
+
+def quantizable_op_types() -> list[str]:
+    """The op types ORT's static quantizer quantizes by default (its QDQ and QLinear registries)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
 
 def _calibration_method(name: str):
@@ -94,7 +105,7 @@ def _check_names(model: onnx.ModelProto, names: Iterable[str], what: str) -> lis
 
 
 def _following_activation(model: onnx.ModelProto, conv: str) -> str | None:
-    """The Relu / Clip that is the only consumer of Conv `conv`'s output, if any: quantized with it,
+    """The Relu / Clip that is the only consumer of node `conv`'s output, if any: quantized with it,
     ORT's QDQ quantizer folds it into the Conv's output range instead of running it in fp32."""
     node = next(n for n in model.graph.node if n.name == conv)
     consumers = [n for n in model.graph.node if node.output[0] in n.input]
@@ -232,7 +243,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
                    nodes: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
                    calibrate_method: str = "minmax", per_channel: bool = True,
                    fold_activations: bool = True, extra_options: dict | None = None,
-                   fuse_basis: bool = True) -> onnx.ModelProto:
+                   fuse_basis: bool = True, other_ops: bool = False) -> onnx.ModelProto:
     """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
 
     nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
@@ -248,6 +259,11 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     fuse_basis: the basis stage of each penni portable layer quantized here (d depthwise
     QLinearConvs and their Concat) becomes one QLinearBasisMaps of ours
     (passes/fuse_quantized_basis.py).
+    other_ops: also quantize every other node of a type ORT's quantizer handles by default (Add,
+    pools, Gemm, Concat, Reshape, ...; not normalisations nor ops on indices), as quantize_static
+    with its default op types does; the Convs not chosen, the Relu / Clip right after them and
+    our nodes stay as they are. ORT then runs Add as QLinearAdd and so on, between INT8 Convs,
+    instead of converting to fp32 and back around each.
 
     Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
     """
@@ -282,7 +298,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         else:
             pre = _pre_process(model, workdir)
             onnx.save(pre, str(pre_path))
-            kinds = ["Conv"] + sorted({n.op_type for n in pre.graph.node if n.op_type in ACTIVATIONS})
+            # every kind `other_ops` may quantize: the ranges serve either selection
+            kinds = sorted({n.op_type for n in pre.graph.node if n.op_type in quantizable_op_types()} | {"Conv"})
             save_tensors_data(_calibrate(pre_path, kinds, calib_feeds, method, workdir, extra), cache)
             _PREPARED[key] = (pre_path.read_bytes(), cache.read_text())
             while len(_PREPARED) > _PREPARED_ENTRIES:
@@ -297,6 +314,13 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             selected += acts
             op_types += sorted({n.op_type for n in pre.graph.node if n.name in acts})
         ours = [n.name for n in pre.graph.node if n.domain == DOMAIN]
+        if other_ops:
+            left = [n for n in conv_names(pre) if n not in set(chosen)]
+            ours += left + [a for a in (_following_activation(pre, c) for c in left) if a]
+            others = [n.name for n in pre.graph.node if n.domain in ("", "ai.onnx") and n.name not in set(ours)
+                      and n.op_type in quantizable_op_types() and n.op_type not in _NOT_OTHER_OPS]
+            selected = list(dict.fromkeys(selected + others))
+            op_types = sorted(set(op_types) | {n.op_type for n in pre.graph.node if n.name in set(others)})
         out = workdir / "int8.onnx"
         try:
             quantize_static(str(pre_path), str(out), None, quant_format=QuantFormat.QDQ,

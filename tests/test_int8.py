@@ -167,7 +167,7 @@ def test_stage_leaves_out_a_layer_that_makes_the_model_slower():
     assert out.meets_budget and first not in out.layers and list(out.left_for_speed) == [first]
     assert sorted(out.layers) == sorted(n for n in conv_names(model) if n != first)
     assert first not in int8_convs(out.model) and sorted(int8_convs(out.model)) == sorted(out.layers)
-    assert len(calls) == len(conv_names(model)) + 1  # each layer alone, then together
+    assert len(calls) == len(conv_names(model)) + 2  # each layer alone, then together, then widened
     assert out.as_dict()["left_for_speed"] == {first: 1.05}
     assert any("left out for speed" in s for s in lines)
 
@@ -187,3 +187,67 @@ def test_stage_gains_within_noise_leave_everything_in():
     model, out, _ = _stage_run(lambda ref, cand: 1.015)  # under the 2% margin
     assert sorted(out.layers) == sorted(conv_names(model)) and not out.left_for_speed
 
+
+
+# ------------------------------------------------------------------ other ops quantized with the Convs
+
+def _quantized(model, op):
+    """Nodes of type `op` that run in INT8 in a QDQ model: their first input is dequantized and
+    their output quantized."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = {}
+    for n in model.graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n.op_type)
+    return [n.name for n in model.graph.node if n.op_type == op and n.input[0] in producer
+            and producer[n.input[0]].op_type == "DequantizeLinear"
+            and readers.get(n.output[0]) and set(readers[n.output[0]]) == {"QuantizeLinear"}]
+
+
+def test_other_ops_quantized_with_the_convs():
+    model = modelgen.small_resnet()
+    feeds = random_feeds(model, 8, seed=0, batch=4)
+    convs_only = quantize_convs(model, feeds)
+    assert not _quantized(convs_only, "Add") and not _quantized(convs_only, "Gemm")
+    q = quantize_convs(model, feeds, other_ops=True)
+    assert sorted(int8_convs(q)) == sorted(conv_names(model))
+    for op in ("Add", "MaxPool", "GlobalAveragePool", "Gemm"):
+        assert len(_quantized(q, op)) == sum(n.op_type == op for n in model.graph.node), op
+    assert not any(n.op_type == "Relu" for n in q.graph.node)  # each folded into the range of its producer
+    assert _cosine(model, q) > 0.99
+    # a Conv left out stays fp32 with its Relu; the other ops are quantized still
+    stem = conv_names(model)[0]
+    q = quantize_convs(model, feeds, exclude=[stem], other_ops=True)
+    assert stem not in int8_convs(q) and len(int8_convs(q)) == len(conv_names(model)) - 1
+    assert sum(n.op_type == "Relu" for n in q.graph.node) == 1 and _quantized(q, "Add") and _quantized(q, "Gemm")
+    assert _cosine(model, q) > 0.99
+
+
+def test_other_ops_leave_our_nodes_and_unchosen_convs(rewritten):
+    model, (c1, c2, c3, c4), feeds = rewritten
+    q = quantize_convs(model, feeds, [c1], other_ops=True)
+    assert int8_convs(q) == [c1]
+    before = {n.name: n for n in model.graph.node if n.domain == DOMAIN}
+    after = {n.name: n for n in q.graph.node if n.domain == DOMAIN}
+    assert sorted(after) == sorted(before)
+    for name in before:
+        assert after[name].attribute == before[name].attribute
+        assert list(after[name].input)[1:] == list(before[name].input)[1:]
+    assert _quantized(q, "GlobalAveragePool") and _quantized(q, "Gemm")
+    assert _cosine(model, q) > 0.98
+
+
+def test_stage_widens_where_the_model_is_faster():
+    def relative(ref, cand):  # "the model is 5% faster with its Add in INT8 too"
+        return 1.05 if _quantized(cand, "Add") and not _quantized(ref, "Add") else 1.0
+
+    model, out, lines = _stage_run(relative)
+    assert out.widened and out.widen_gain == pytest.approx(1.05) and _quantized(out.model, "Add")
+    assert sorted(out.layers) == sorted(conv_names(model)) and out.as_dict()["widened"] is True
+    assert any("quantized too: 1.050x, kept" in s for s in lines)
+
+
+def test_stage_does_not_widen_within_noise():
+    model, out, lines = _stage_run(lambda ref, cand: 1.005)
+    assert not out.widened and out.widen_gain == pytest.approx(1.005) and not _quantized(out.model, "Add")
+    assert sorted(int8_convs(out.model)) == sorted(conv_names(model))

@@ -190,7 +190,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         covered = set(base_stage.layers)
         names = [n for n in standard_convs(fp32) if n in covered or n not in canon_convs]
         try:
-            return stage.apply(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
+            return stage.applier(base_stage.widened)(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
         except OnnxCompressError as exc:  # the stage cannot take it: the replacement stays fp32 in the stage
             log.info("auto: %s cannot take the replacement(s) of %s (%s); placed in fp32", base_stage.stage,
                      [r.layer for r in reps], exc)

@@ -55,6 +55,7 @@ def print_plan(report, echo) -> None:
             f"{st['layers']} Conv, {st['speedup']:.3f}x, agreement {m.get('agreement')}, cosine {m.get('cosine')}"
             + (f", top-1 drop {m['eval_drop']:+.2f}" if m.get("eval_drop") is not None else "")
             + (f", {len(st['given_back'])} given back for the budget" if st.get("given_back") else "")
+            + (f", other ops quantized too ({st['widen_gain']:.3f}x)" if st.get("widened") else "")
             if st.get("speedup") is not None else st.get("note", "")) + f" ({st['seconds']} s)")
     if plan.get("int8_macs"):
         echo(f"of the Conv MACs after, {plan['int8_macs']:,} run in INT8 (u8 x s8)")

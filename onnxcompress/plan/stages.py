@@ -11,8 +11,10 @@ validation part and, where the budget does not hold, gives layers back (the most
 damaging alone first) until it does. Then it times, for each layer kept, the staged
 model without the stage on that layer against it, and leaves out the layers the stage
 makes slower in the model (kept out only where the model without all of them is
-faster as a whole too), times the result in the model and keeps it where it is the
-fastest model within the budget. A new stage is one more `register_stage(...)`: the
+faster as a whole too). A stage may also widen to the nodes between its layers (INT8:
+Add, pools, Gemm), which is tried once, last, and kept where the model is faster and
+within the budget. The planner times the result and keeps it where it is the fastest
+model within the budget. A new stage is one more `register_stage(...)`: the
 planner does not change.
 
 Why the speed step: ORT's u8 QLinearConv on a Conv of 1 or 3 input channels (a stem) is
@@ -51,6 +53,14 @@ class Stage:
     work: Callable[[int], dict] = lambda macs: {"macs": macs}
     # model -> the model `apply` is called on, made once per stage run (not once per give-back trial)
     prepare: Callable[[onnx.ModelProto], onnx.ModelProto] = lambda model: model
+    # like `apply`, and the stage also on the nodes between the layers that it can take with them
+    # (INT8: Add, pools, Gemm, ...); tried once the layers are settled, kept where it is faster
+    widen: Callable[[onnx.ModelProto, list[str], list[dict[str, np.ndarray]]], onnx.ModelProto] | None = None
+    widen_summary: str = ""
+
+    def applier(self, widened: bool):
+        """`widen` for an outcome that was widened, else `apply`: what re-makes the stage's model."""
+        return self.widen if widened and self.widen is not None else self.apply
 
 
 STAGES: dict[str, Stage] = {}
@@ -67,6 +77,12 @@ def _int8_apply(model, layers, feeds):
     return quantize_convs(model, feeds, nodes=layers)
 
 
+def _int8_widen(model, layers, feeds):
+    from ..int8 import quantize_convs
+
+    return quantize_convs(model, feeds, nodes=layers, other_ops=True)
+
+
 def _int8_layers(model):
     from ..int8 import conv_names
 
@@ -81,7 +97,8 @@ def _int8_prepare(model):
 
 register_stage(Stage("int8", "ORT static INT8 (QDQ, per-channel weights, MinMax ranges)", _int8_apply, _int8_layers,
                      work=lambda macs: {"macs": macs, "precision": "int8", "note": "u8 x s8 MACs in ORT's QLinearConv"},
-                     prepare=_int8_prepare))
+                     prepare=_int8_prepare, widen=_int8_widen,
+                     widen_summary="the other ops ORT quantizes (Add, pools, Gemm, ...) quantized too"))
 
 
 def split_kinds(kinds) -> tuple[Any, list[str]]:
@@ -106,6 +123,8 @@ class StageOutcome:
     meets_budget: bool = False
     given_back: list[str] = field(default_factory=list)
     left_for_speed: dict[str, float] = field(default_factory=dict)  # layer -> speedup of the model without it
+    widened: bool = False           # the stage's `widen` made the model (its other nodes transformed too)
+    widen_gain: float | None = None  # the widened model's speed over the unwidened one, where tried
     seconds: float = 0.0
     note: str = ""
 
@@ -115,6 +134,8 @@ class StageOutcome:
                 "speedup": None if self.speedup is None else round(self.speedup, 4),
                 "meets_budget": self.meets_budget, "given_back": list(self.given_back),
                 "left_for_speed": {n: round(v, 4) for n, v in self.left_for_speed.items()},
+                "widened": self.widened,
+                "widen_gain": None if self.widen_gain is None else round(self.widen_gain, 4),
                 "seconds": round(self.seconds, 1), "note": self.note}
 
 
@@ -148,6 +169,26 @@ def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, wit
     return rest, trial, mt, slower
 
 
+def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say, base_name):
+    """(model, measurement, widened, gain): the stage's `widen` on `kept`, where the model it makes
+    times faster than `model` by more than half of `min_gain` and meets the budget; else `model`."""
+    try:
+        trial = stage.widen(base, kept, feeds)
+    except OnnxCompressError as exc:
+        say(f"auto: {stage.name} on the {base_name}: cannot widen ({exc})")
+        return model, m, False, None
+    gain = relative(model, trial)
+    if gain <= 1 + min_gain / 2:
+        say(f"auto: {stage.name} on the {base_name} with {stage.widen_summary}: {gain:.3f}x, not kept")
+        return model, m, False, gain
+    mt = evaluator.measure(trial, with_eval=with_eval)
+    if not budget.holds(mt):
+        say(f"auto: {stage.name} on the {base_name} with {stage.widen_summary}: {gain:.3f}x but misses the budget")
+        return model, m, False, gain
+    say(f"auto: {stage.name} on the {base_name} with {stage.widen_summary}: {gain:.3f}x, kept")
+    return trial, mt, True, gain
+
+
 def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evaluator, budget, with_eval: bool,
               speed: Callable[[onnx.ModelProto], float], say: Callable[[str], None],
               restrict: set[str] | None = None,
@@ -160,7 +201,8 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
     candidate time, interleaved), each kept layer is timed in the model (the staged model without
     it against the staged model), and those whose absence makes the model faster by more than
     `min_gain` are left out, where the model without all of them is faster too and still meets
-    the budget. The result is timed with `speed`."""
+    the budget. Last, where the stage has a `widen`, the model it makes on the kept layers is timed
+    against the result and kept where faster and within the budget. The result is timed with `speed`."""
     t0 = time.perf_counter()
     base = stage.prepare(base)  # e.g. an opset-11 model converted once, not once per give-back trial
     layers = [n for n in stage.layers(base) if restrict is None or n in restrict]
@@ -207,6 +249,9 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
     if relative is not None and len(kept) > 1:
         kept, model, m, out.left_for_speed = _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget,
                                                                with_eval, relative, min_gain, say, base_name)
+    if relative is not None and stage.widen is not None:
+        model, m, out.widened, out.widen_gain = _widened(stage, base, kept, model, m, feeds, evaluator, budget,
+                                                         with_eval, relative, min_gain, say, base_name)
     out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
     out.speedup = speed(model)
     out.seconds = time.perf_counter() - t0
