@@ -243,7 +243,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
                    nodes: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
                    calibrate_method: str = "minmax", per_channel: bool = True,
                    fold_activations: bool = True, extra_options: dict | None = None,
-                   fuse_basis: bool = True, other_ops: bool = False) -> onnx.ModelProto:
+                   fuse_basis: bool = True, other_ops: bool = False,
+                   refine_weights: bool = False) -> onnx.ModelProto:
     """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
 
     nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
@@ -264,6 +265,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     with its default op types does; the Convs not chosen, the Relu / Clip right after them and
     our nodes stay as they are. ORT then runs Add as QLinearAdd and so on, between INT8 Convs,
     instead of converting to fp32 and back around each.
+    refine_weights: the s8 weights of each quantized Conv rounded to minimise the error of its
+    output on the calibration inputs instead of to nearest, and its int32 bias moved by the mean
+    shift the rounding leaves (fitting/int8_rounding.py); ORT's scales are kept.
 
     Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
     """
@@ -331,9 +335,81 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
+        if refine_weights:
+            result = _refine_weights(result, pre, calib_feeds, chosen)
     result = prepare_for_runtime(result)
     if fuse_basis:
         from .passes.fuse_quantized_basis import fuse_quantized_basis
 
         result, _ = fuse_quantized_basis(result)
     return result
+
+
+def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: list[str],
+                    row_budget: int = 2048, seed: int = 0, rounding: bool = True,
+                    bias_shift: bool = True) -> onnx.ModelProto:
+    """`q` (quantize_static's QDQ model of `pre`) with the s8 weights and int32 biases of the
+    chosen INT8 Convs refitted to the layer's output on `feeds` (inputs from the fp32 model `pre`).
+    `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md)."""
+    from onnx import numpy_helper
+
+    from .calibration.capture import LayerCapture
+    from .calibration.im2col import conv_attrs
+    from .calibration.moments import ConvMoments
+    from .fitting.int8_rounding import mean_corrected_bias, round_to_output
+
+    inits = {t.name: t for t in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    pre_nodes = {n.name: n for n in pre.graph.node}
+    pre_inits = {t.name: t for t in pre.graph.initializer}
+
+    def dq_parts(tensor):  # (values, scale, zero point) initializer names of a DequantizeLinear on axis 0
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input[:2]):
+            return None
+        return dq.input[0], dq.input[1], dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+
+    sites = []
+    for node in q.graph.node:
+        if node.name not in set(chosen) or node.op_type != "Conv" or node.name not in pre_nodes:
+            continue
+        src = pre_nodes[node.name]
+        w_parts = dq_parts(node.input[1])
+        if w_parts is None or src.input[1] not in pre_inits:
+            continue
+        weight = numpy_helper.to_array(pre_inits[src.input[1]]).astype(np.float32)
+        ints = numpy_helper.to_array(inits[w_parts[0]])
+        scale = numpy_helper.to_array(inits[w_parts[1]]).astype(np.float64).reshape(-1)
+        zero = numpy_helper.to_array(inits[w_parts[2]]) if w_parts[2] else np.zeros(1)
+        if ints.shape != weight.shape or weight.ndim != 4 or scale.size != weight.shape[0] or np.any(zero != 0):
+            continue  # not the per-channel symmetric 2-D layout this refit is for
+        b_parts = dq_parts(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        bias = (numpy_helper.to_array(pre_inits[src.input[2]]).astype(np.float64)
+                if b_parts is not None and len(src.input) > 2 and src.input[2] in pre_inits else None)
+        moments = ConvMoments(weight.shape, conv_attrs(src), with_targets=False, row_budget=row_budget, seed=seed)
+        sites.append((node, src.input[0], weight, scale, w_parts, bias, b_parts, moments))
+    if not sites:
+        return q
+    capture = LayerCapture(pre)
+    for values in capture.stream(feeds, sorted({s[1] for s in sites})):
+        for _, x_name, *_, moments in sites:
+            moments.update(values[x_name])
+    for node, _, weight, scale, w_parts, bias, b_parts, moments in sites:
+        m = weight.shape[0]
+        flat = weight.reshape(m, -1)
+        per = m // moments.group
+        ints = np.zeros(flat.shape, np.int8)
+        new_bias = np.zeros(m, np.float32)
+        for g, acc in enumerate(moments.groups):
+            rows = slice(g * per, (g + 1) * per)
+            ints[rows] = (round_to_output(flat[rows], scale[rows], acc.H) if rounding else
+                          np.clip(np.rint(flat[rows] / scale[rows, None]), -127, 127).astype(np.int8))
+            new_bias[rows] = mean_corrected_bias(None if bias is None else bias[rows], flat[rows],
+                                                 ints[rows].astype(np.float64) * scale[rows, None], acc.mean_x)
+        inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints.reshape(weight.shape), w_parts[0]))
+        if b_parts is not None and bias is not None and bias_shift:
+            b_scale = numpy_helper.to_array(inits[b_parts[1]]).astype(np.float64).reshape(-1)
+            if b_scale.size == m and np.all(b_scale > 0):
+                b_int = np.clip(np.rint(new_bias / b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+                inits[b_parts[0]].CopyFrom(numpy_helper.from_array(b_int, b_parts[0]))
+    return q
