@@ -7,7 +7,8 @@ written model against the original on data the plan never saw: top-1 on a seeded
 class-balanced sample of the test set (another seed for photo crops: top-1 agreement;
 plus the 20 labelled ImageNet images for MobileNetV2), and whole-model latency at 1 and 2
 threads (batch 1, medians of interleaved runs) beside ORT's own static INT8 of the model
-(QDQ, per-channel, ranges from the same fitting inputs; held-out top-1 too), the three
+with its defaults (quant_pre_process, quantize_static on every op type it quantizes, QDQ,
+per-channel, ranges from the same fitting inputs; held-out top-1 too), the three
 timed in one interleaved run. Prints a table; writes the models and reports under --out.
 
     python bench/auto_models.py                               # every model below
@@ -35,7 +36,7 @@ from onnxcompress.inputs import AUTO_CALIB_LIMIT, calibration_sample, dataset_ar
 from onnxcompress.model_io import load_model, prepare_for_runtime, save_model  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
-from _modelbench import logits, machine_summary  # noqa: E402
+from _modelbench import logits, machine_summary, ort_int8_defaults  # noqa: E402
 
 # model -> (calibration source, held-out labelled dataset or None)
 MODELS = {
@@ -101,13 +102,12 @@ def main() -> None:
             xi, yi = dataset_arrays("imagenet-val20", None, seed=0, model=model)
             quality += (f"; imagenet-val20 top-1 {int(np.sum(np.argmax(logits(prepare_for_runtime(model), xi), 1) == yi))}"
                         f" -> {int(np.sum(np.argmax(logits(prepare_for_runtime(out), xi), 1) == yi))} of {len(yi)}")
-        # ORT INT8 of the whole model, calibrated on the inputs the plan fitted to
-        from onnxcompress.int8 import quantize_convs
+        # ORT INT8 of the whole model with ORT's defaults, calibrated on the inputs the plan fitted to
         from onnxcompress.plan.budget import split_feeds
 
         fit_feeds = split_feeds(feeds, seed=0)[0]
         q_path = work / f"{name}.int8.onnx"
-        save_model(quantize_convs(model, fit_feeds[:32]), str(q_path))
+        save_model(ort_int8_defaults(model, fit_feeds[:32]), str(q_path))
         got_q = logits(prepare_for_runtime(load_model(q_path)), x)
         q_quality = (f"{100 * np.mean(np.argmax(got_q, 1) == y):.2f}" if y is not None
                      else f"agreement {np.mean(np.argmax(ref, 1) == np.argmax(got_q, 1)):.4f}")
