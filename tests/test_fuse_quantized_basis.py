@@ -46,6 +46,15 @@ def test_every_basis_stage_is_fused_and_agrees_with_the_unfused_model(portable):
     assert compare_models(model, fused, test)[0].cosine > 0.99
 
 
+def test_fused_with_the_other_ops_quantized_too(portable):
+    # quantize_convs(other_ops=True) also quantizes the Concat (and the Adds): the sites are fused still
+    model, feeds, sites = portable
+    fused = quantize_convs(model, feeds, other_ops=True)
+    assert len(_ops(fused, "QLinearBasisMaps")) == len(sites) and not _ops(fused, "Concat")
+    test = random_feeds(model, 8, seed=9, batch=2)
+    assert compare_models(model, fused, test)[0].cosine > 0.99
+
+
 def test_maps_match_the_depthwise_convs_they_replace(portable):
     """The op's output equals the unfused Concat's, up to the one requantization step saved."""
     model, feeds, sites = portable
