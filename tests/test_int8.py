@@ -251,3 +251,18 @@ def test_stage_does_not_widen_within_noise():
     model, out, lines = _stage_run(lambda ref, cand: 1.005)
     assert not out.widened and out.widen_gain == pytest.approx(1.005) and not _quantized(out.model, "Add")
     assert sorted(int8_convs(out.model)) == sorted(conv_names(model))
+
+
+def test_stage_keeps_its_model_when_widening_fails(monkeypatch):
+    from onnxcompress.plan import stages
+
+    def broken(model, layers, feeds):
+        raise OnnxCompressError("quantize: ONNX Runtime's quantizer failed: no")
+
+    from dataclasses import replace
+
+    monkeypatch.setitem(stages.STAGES, "int8", replace(stages.STAGES["int8"], widen=broken))
+    model, out, lines = _stage_run(lambda ref, cand: 1.0)
+    assert out.meets_budget and not out.widened and out.widen_gain is None
+    assert sorted(int8_convs(out.model)) == sorted(conv_names(model))
+    assert any("cannot widen" in s for s in lines)

@@ -172,16 +172,16 @@ def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, wit
 def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say, base_name):
     """(model, measurement, widened, gain): the stage's `widen` on `kept`, where the model it makes
     times faster than `model` by more than half of `min_gain` and meets the budget; else `model`."""
-    try:
+    try:  # the widened model cannot be made, or ORT cannot load or run it: the stage stays as it is
         trial = stage.widen(base, kept, feeds)
+        gain = relative(model, trial)
+        mt = evaluator.measure(trial, with_eval=with_eval) if gain > 1 + min_gain / 2 else None
     except OnnxCompressError as exc:
         say(f"auto: {stage.name} on the {base_name}: cannot widen ({exc})")
         return model, m, False, None
-    gain = relative(model, trial)
-    if gain <= 1 + min_gain / 2:
+    if mt is None:
         say(f"auto: {stage.name} on the {base_name} with {stage.widen_summary}: {gain:.3f}x, not kept")
         return model, m, False, gain
-    mt = evaluator.measure(trial, with_eval=with_eval)
     if not budget.holds(mt):
         say(f"auto: {stage.name} on the {base_name} with {stage.widen_summary}: {gain:.3f}x but misses the budget")
         return model, m, False, gain
