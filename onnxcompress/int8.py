@@ -303,7 +303,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             pre = _pre_process(model, workdir)
             onnx.save(pre, str(pre_path))
             # every kind `other_ops` may quantize: the ranges serve either selection
-            kinds = sorted({n.op_type for n in pre.graph.node if n.op_type in quantizable_op_types()} | {"Conv"})
+            handled = set(quantizable_op_types())
+            kinds = sorted({n.op_type for n in pre.graph.node if n.op_type in handled} | {"Conv"})
             save_tensors_data(_calibrate(pre_path, kinds, calib_feeds, method, workdir, extra), cache)
             _PREPARED[key] = (pre_path.read_bytes(), cache.read_text())
             while len(_PREPARED) > _PREPARED_ENTRIES:
@@ -319,12 +320,14 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             op_types += sorted({n.op_type for n in pre.graph.node if n.name in acts})
         ours = [n.name for n in pre.graph.node if n.domain == DOMAIN]
         if other_ops:
-            left = [n for n in conv_names(pre) if n not in set(chosen)]
+            picked = set(chosen)
+            left = [n for n in conv_names(pre) if n not in picked]
             ours += left + [a for a in (_following_activation(pre, c) for c in left) if a]
-            others = [n.name for n in pre.graph.node if n.domain in ("", "ai.onnx") and n.name not in set(ours)
-                      and n.op_type in quantizable_op_types() and n.op_type not in _NOT_OTHER_OPS]
-            selected = list(dict.fromkeys(selected + others))
-            op_types = sorted(set(op_types) | {n.op_type for n in pre.graph.node if n.name in set(others)})
+            kept_as_is, handled = set(ours), set(quantizable_op_types()) - set(_NOT_OTHER_OPS)
+            others = [n for n in pre.graph.node if n.domain in ("", "ai.onnx") and n.name not in kept_as_is
+                      and n.op_type in handled]
+            selected = list(dict.fromkeys(selected + [n.name for n in others]))
+            op_types = sorted(set(op_types) | {n.op_type for n in others})
         out = workdir / "int8.onnx"
         try:
             quantize_static(str(pre_path), str(out), None, quant_format=QuantFormat.QDQ,
@@ -369,14 +372,19 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
             return None
         return dq.input[0], dq.input[1], dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
 
+    uses: dict[str, int] = {}
+    for n in q.graph.node:
+        for t in n.input:
+            uses[t] = uses.get(t, 0) + 1
+    picked = set(chosen)
     sites = []
     for node in q.graph.node:
-        if node.name not in set(chosen) or node.op_type != "Conv" or node.name not in pre_nodes:
+        if node.name not in picked or node.op_type != "Conv" or node.name not in pre_nodes:
             continue
         src = pre_nodes[node.name]
         w_parts = dq_parts(node.input[1])
-        if w_parts is None or src.input[1] not in pre_inits:
-            continue
+        if w_parts is None or src.input[1] not in pre_inits or uses.get(w_parts[0], 0) != 1:
+            continue  # (a weight shared by two layers is left as ORT rounded it)
         weight = numpy_helper.to_array(pre_inits[src.input[1]]).astype(np.float32)
         ints = numpy_helper.to_array(inits[w_parts[0]])
         scale = numpy_helper.to_array(inits[w_parts[1]]).astype(np.float64).reshape(-1)
