@@ -355,3 +355,50 @@ def test_cli_auto_takes_more_calibration_inputs_and_refuses_a_budget_it_cannot_s
                                   "--calib-limit", "64", "--min-agreement", "0.99"])
     assert r.exit_code == 2 and "16 validation inputs cannot show top-1 agreement >= 0.99" in r.output
     assert "at least 555 calibration inputs" in r.output and not small.exists()
+
+
+class OneBadLayerTimer(FakeTimer):
+    """10 ms, minus 1 ms per node of ours; layer `bad` of ours saves its 1 ms alone but costs 2.5 ms
+    more once another layer of ours is in the model too (as a layer picked on a noisy timing can)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad = bad
+
+    def time(self, model, key=None, runs=None, threads=None):
+        self.calls += 1
+        ours = [node.name for node in model.graph.node if node.domain == DOMAIN]
+        return 10.0, 10.0 - len(ours) + (2.5 if self.bad in ours and len(ours) >= 2 else 0.0)
+
+
+def test_auto_gives_back_a_layer_of_ours_that_makes_the_written_model_slower():
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 16)
+    cands = candidate_list("penni")[:1]
+    first = plan_model(model, feeds, min_cosine=0.5, candidates=cands, timer=OneBadLayerTimer(None),
+                       report_threads=(1,))
+    ours = _ours(first.model)
+    assert len(ours) >= 3
+    bad = ours[1]
+    result = plan_model(model, feeds, min_cosine=0.5, candidates=cands, timer=OneBadLayerTimer(bad),
+                        report_threads=(1,))
+    row = next(r for r in result.layers if r["name"] == bad)
+    assert row["choice"] == "original" and "faster without it (each layer of ours timed" in row["why"]
+    assert bad not in _ours(result.model) and sorted(_ours(result.model)) == sorted(n for n in ours if n != bad)
+    assert result.summary["speedup"]["1"] > 1.0 and result.summary["meets_budget"]
+
+
+def test_leave_out_slower_pure():
+    from onnxcompress.plan.select import leave_out_slower
+
+    gains = {"a": 1.10, "b": 0.97, "c": 1.01}
+    kept, out, what = leave_out_slower(["a", "b", "c"], gains.get, lambda rest: 1.08, lambda rest: True, 0.02)
+    assert kept == ["b", "c"] and out == {"a": 1.10} and "left out for speed a" in what
+    # faster alone, not together: all kept
+    kept, out, what = leave_out_slower(["a", "b", "c"], gains.get, lambda rest: 1.0, lambda rest: True, 0.02)
+    assert kept == ["a", "b", "c"] and not out and "all kept" in what
+    # the budget does not hold without them: all kept
+    kept, out, what = leave_out_slower(["a", "b"], gains.get, lambda rest: 1.2, lambda rest: False, 0.02)
+    assert kept == ["a", "b"] and not out and "misses the budget" in what
+    # nothing above the margin: nothing to say
+    assert leave_out_slower(["b", "c"], gains.get, lambda rest: 2.0, lambda rest: True, 0.02) == (["b", "c"], {}, "")

@@ -34,9 +34,9 @@ from ..errors import OnnxCompressError
 from .budget import (DEFAULT_CONFIDENCE, DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget,
                      split_feeds)
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
-from .select import Measured, back_off, guarantee, lagrangian_path, longest_passing
+from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
 from .splice import Replacement, replacement_of, revert, splice, splice_into
-from .stages import STAGES, StageOutcome, run_stage, split_kinds
+from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, run_stage, split_kinds
 from .timing import ModelTimer, TimingCache, rebased
 
 log = logging.getLogger("onnxcompress")
@@ -413,15 +413,23 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     speedups: dict[frozenset, float] = {}
     finals: dict[frozenset, tuple[onnx.ModelProto, Measurement]] = {}
 
+    built: dict[frozenset, onnx.ModelProto] = {}
+
+    def final_model(kept: set[str]) -> onnx.ModelProto:
+        key = frozenset(kept)
+        if key not in built:
+            fp32 = revert(candidate_model, canon, set(chosen) - kept)
+            if base_stage is None:
+                built[key] = _finish(fp32, list(finishing.values()))
+            else:  # the layers of ours placed into the quantized model (finishing passes not run)
+                reps = [replacement_of(canon, fp32, n) for n in sorted(kept)]
+                built[key] = _finish(place([r for r in reps if r is not None]), [])
+        return built[key]
+
     def final_of(kept: set[str]):
         key = frozenset(kept)
         if key not in finals:
-            fp32 = revert(candidate_model, canon, set(chosen) - kept)
-            if base_stage is None:
-                out = _finish(fp32, list(finishing.values()))
-            else:  # the layers of ours placed into the quantized model (finishing passes not run)
-                reps = [replacement_of(canon, fp32, n) for n in sorted(kept)]
-                out = _finish(place([r for r in reps if r is not None]), [])
+            out = final_model(kept)
             finals[key] = (out, evaluator.measure(out, with_eval=with_eval))
         return finals[key]
 
@@ -447,6 +455,23 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         at = speedups.get(frozenset(kept | set(given_speed[i:])), float("nan"))
         why_not[n] = (f"given back: the model timed {at:.3f}x with it among {len(kept) + len(given_speed) - i} "
                       "replaced layers (slower than the original); it saved least")
+    if kept:
+        # each layer of ours timed in the written model: the model without it against the model; those
+        # whose absence is faster go back together, where the model without them is faster and meets
+        # the budget (a layer chosen on a noisy timing alone can cost the model time)
+        ref = final_model(kept)
+        rest, slower, what = leave_out_slower(
+            sorted(kept), lambda n: relative_speed(ref, final_model(kept - {n})),
+            lambda rest: relative_speed(ref, final_model(set(rest))), lambda rest: meets(set(rest)),
+            SPEED_MIN_GAIN)
+        if what:
+            say(f"auto: the layers of ours in the written model: {what}")
+        for n, g in slower.items():
+            why_not[n] = (f"given back: the model timed {g:.3f}x faster without it (each layer of ours timed "
+                          "in the written model)")
+        kept = set(rest)
+        if kept:
+            speed(kept)
     if kept:
         final, final_m = final_of(kept)
     elif base_stage is not None:

@@ -140,3 +140,26 @@ def guarantee(layers: list[str], damage_order: list[str], saved_ms: dict[str, fl
             continue
         break
     return kept, for_budget, for_speed
+
+
+def leave_out_slower(kept: list[str], gain_without: Callable[[str], float],
+                     gain_together: Callable[[list[str]], float], holds: Callable[[list[str]], bool],
+                     min_gain: float) -> tuple[list[str], dict[str, float], str]:
+    """Layers whose change makes the model slower, timed in the model, left out together.
+
+    gain_without(n): the model's time with every layer of `kept` changed over its time without
+    layer n's change (above 1: the model is faster without it). The layers above 1 + `min_gain`
+    are left out together, only where gain_together(rest) (the same ratio for the model with only
+    `rest` changed) exceeds 1 + min_gain / 2 and holds(rest) (the budget). Returns (kept, {left
+    out: its gain}, what happened: "" when no layer gained, else a sentence)."""
+    gains = {n: gain_without(n) for n in kept}
+    slower = {n: g for n, g in gains.items() if g > 1 + min_gain}
+    if not slower:
+        return list(kept), {}, ""
+    rest = [n for n in kept if n not in slower]
+    together = gain_together(rest)
+    if together <= 1 + min_gain / 2:
+        return list(kept), {}, f"{len(slower)} layer(s) faster left out alone, but {together:.3f}x together: all kept"
+    if not holds(rest):
+        return list(kept), {}, f"without {sorted(slower)} the model misses the budget: all kept"
+    return rest, slower, f"left out for speed {', '.join(sorted(slower))} ({together:.3f}x the model with them)"

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxCompressError
-from .select import longest_passing
+from .select import leave_out_slower, longest_passing
 
 
 @dataclass(frozen=True)
@@ -144,29 +144,28 @@ SPEED_MIN_GAIN = 0.02  # a layer is left out of a stage for speed only where tha
 
 def _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say,
                       base_name):
-    """(kept, model, measurement, {layer: gain}) after leaving out of the stage each layer whose
-    gain exceeds 1 + `min_gain`, together; kept out only where that model is faster than the staged
-    one and meets the budget. A layer's gain: the time of `model` (the stage on `kept`) over that of
-    it without the stage on that layer, timed interleaved (ranges from two feeds: the graph is the
-    same); above 1 where the stage makes the model slower with that layer."""
-    gains = {n: relative(model, stage.apply(base, [k for k in kept if k != n], feeds[:2])) for n in kept}
-    slower = {n: g for n, g in gains.items() if g > 1 + min_gain}
+    """(kept, model, measurement, {layer: gain}) after leaving out of the stage the layers that
+    make the model slower (select.leave_out_slower). A layer's gain: the time of `model` (the
+    stage on `kept`) over that of it without the stage on that layer, timed interleaved (ranges
+    from two feeds: the graph is the same)."""
+    trial: dict[str, Any] = {}
+
+    def together(rest):
+        trial["model"] = stage.apply(base, rest, feeds)
+        return relative(model, trial["model"])
+
+    def holds(rest):
+        trial["m"] = evaluator.measure(trial["model"], with_eval=with_eval)
+        return budget.holds(trial["m"])
+
+    rest, slower, what = leave_out_slower(
+        kept, lambda n: relative(model, stage.apply(base, [k for k in kept if k != n], feeds[:2])),
+        together, holds, min_gain)
+    if what:
+        say(f"auto: {stage.name} on the {base_name}: {what}")
     if not slower:
         return kept, model, m, {}
-    rest = [n for n in kept if n not in slower]
-    trial = stage.apply(base, rest, feeds)
-    together = relative(model, trial)
-    if together <= 1 + min_gain / 2:
-        say(f"auto: {stage.name} on the {base_name}: {len(slower)} layer(s) faster left out alone, "
-            f"but {together:.3f}x together: all kept")
-        return kept, model, m, {}
-    mt = evaluator.measure(trial, with_eval=with_eval)
-    if not budget.holds(mt):
-        say(f"auto: {stage.name} on the {base_name} without {sorted(slower)} misses the budget: all kept")
-        return kept, model, m, {}
-    say(f"auto: {stage.name} on the {base_name}: left out for speed {', '.join(sorted(slower))} "
-        f"({together:.3f}x the model with them)")
-    return rest, trial, mt, slower
+    return rest, trial["model"], trial["m"], slower
 
 
 def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, relative, min_gain, say, base_name):
