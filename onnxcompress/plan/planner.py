@@ -553,7 +553,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             st = STAGES[staged[n]]
             work = st.work(macs.get(n) or 0)
             row.update(choice=st.name, work_after=work,
-                       why=f"{st.summary}: the model with the stage times {final_speed:.3f}x within the budget")
+                       why=f"{st.summary}: the model with the stage times {final_speed:.3f}x within the budget"
+                       + (f" (a layer of ours was {why_not[n]})" if n in why_not else ""))
             macs_after_total += macs.get(n) or 0
             int8_macs += (macs.get(n) or 0) if work.get("precision") == "int8" else 0
         elif n in chosen:
