@@ -38,7 +38,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -129,8 +128,7 @@ def int8_model(path: Path, calib: np.ndarray, name: str) -> bytes | None:
     try:
         from peer_table import int8_qdq
 
-        with tempfile.TemporaryDirectory() as tmp:
-            return int8_qdq(path, calib, name, Path(tmp))
+        return int8_qdq(path, calib, name)
     except Exception as exc:  # quantization tooling missing or failing: say so, keep going
         print(f"ORT INT8 unavailable: {exc}")
         return None

@@ -42,7 +42,7 @@ from onnxcompress.table import format_table  # noqa: E402
 from _modelbench import eval_data, fidelity, logits, machine_summary, ort_int8_defaults  # noqa: E402
 
 
-def int8_qdq(model_path: Path, calib: np.ndarray, input_name: str, workdir: Path) -> bytes:
+def int8_qdq(model_path: Path, calib: np.ndarray, input_name: str) -> bytes:
     """ORT static INT8 quantization with its defaults (QDQ, per-channel weights), on `calib`."""
     feeds = [{input_name: calib[i:i + 1]} for i in range(len(calib))]
     return ort_int8_defaults(load_model(model_path), feeds).SerializeToString()
@@ -53,7 +53,7 @@ def variants(model_path: Path, calib: np.ndarray, workdir: Path, auto_calib: np.
     name = original.graph.input[0].name
     macs = sum(c.macs or 0 for c in analyse_convs(original))
     rows = [{"variant": "ORT fp32", "model": prepare_for_runtime(original).SerializeToString(), "conv_macs": macs}]
-    rows.append({"variant": "ORT int8 QDQ per-channel", "model": int8_qdq(model_path, calib, name, workdir),
+    rows.append({"variant": "ORT int8 QDQ per-channel", "model": int8_qdq(model_path, calib, name),
                  "conv_macs": macs, "note": "int8 MACs"})
     falcon, report = optimize(original, "falcon", calib_feeds=[{name: calib[i:i + 1]} for i in range(min(64, len(calib)))])
     rows.append({"variant": "onnxcompress falcon", "model": prepare_for_runtime(falcon).SerializeToString(),

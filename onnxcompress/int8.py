@@ -320,10 +320,12 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             op_types += sorted({n.op_type for n in pre.graph.node if n.name in acts})
         ours = [n.name for n in pre.graph.node if n.domain == DOMAIN]
         if other_ops:
+            # not taken: our nodes, the Convs not chosen and the Relu / Clip after them (they are not
+            # in `selected`, which is what quantize_static quantizes)
             picked = set(chosen)
             left = [n for n in conv_names(pre) if n not in picked]
-            ours += left + [a for a in (_following_activation(pre, c) for c in left) if a]
-            kept_as_is, handled = set(ours), set(quantizable_op_types()) - set(_NOT_OTHER_OPS)
+            kept_as_is = set(ours) | set(left) | {a for a in (_following_activation(pre, c) for c in left) if a}
+            handled = set(quantizable_op_types()) - set(_NOT_OTHER_OPS)
             others = [n for n in pre.graph.node if n.domain in ("", "ai.onnx") and n.name not in kept_as_is
                       and n.op_type in handled]
             selected = list(dict.fromkeys(selected + [n.name for n in others]))
@@ -359,7 +361,7 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
     from .calibration.capture import LayerCapture
     from .calibration.im2col import conv_attrs
     from .calibration.moments import ConvMoments
-    from .fitting.int8_rounding import mean_corrected_bias, round_to_output
+    from .fitting.int8_rounding import mean_corrected_bias, round_to_nearest, round_to_output
 
     inits = {t.name: t for t in q.graph.initializer}
     producer = {o: n for n in q.graph.node for o in n.output}
@@ -411,7 +413,7 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
         for g, acc in enumerate(moments.groups):
             rows = slice(g * per, (g + 1) * per)
             ints[rows] = (round_to_output(flat[rows], scale[rows], acc.H) if rounding else
-                          np.clip(np.rint(flat[rows] / scale[rows, None]), -127, 127).astype(np.int8))
+                          round_to_nearest(flat[rows], scale[rows]))
             new_bias[rows] = mean_corrected_bias(None if bias is None else bias[rows], flat[rows],
                                                  ints[rows].astype(np.float64) * scale[rows, None], acc.mean_x)
         inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints.reshape(weight.shape), w_parts[0]))

@@ -19,9 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["round_to_output", "mean_corrected_bias"]
+__all__ = ["round_to_nearest", "round_to_output", "mean_corrected_bias"]
 
 QMIN, QMAX = -127, 127  # ORT's s8 symmetric weights
+
+
+def round_to_nearest(weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """int8 weights [M, K] nearest to `weight` on the grid `scale` [M] (zero point 0), clipped to s8."""
+    s = np.asarray(scale, np.float64).reshape(-1, 1)
+    return np.clip(np.rint(np.asarray(weight, np.float64) / s), QMIN, QMAX).astype(np.int8)
 
 
 def round_to_output(weight: np.ndarray, scale: np.ndarray, H: np.ndarray, damp: float = 0.01) -> np.ndarray:
@@ -47,7 +53,7 @@ def round_to_output(weight: np.ndarray, scale: np.ndarray, H: np.ndarray, damp: 
     try:
         U = np.linalg.cholesky(np.linalg.inv(H)).T
     except np.linalg.LinAlgError:
-        return np.clip(np.rint(W / s[:, None]), QMIN, QMAX).astype(np.int8)
+        return round_to_nearest(W, s)
     Q = np.zeros((m, k), np.int8)
     for j in range(k):
         q = np.clip(np.rint(W[:, j] / s), QMIN, QMAX)
