@@ -23,7 +23,9 @@ RTOL = 1e-4
 ATOL = 1e-4
 
 
-def cpu_isas() -> list[str]:
+def cpu_isas(vnni: bool = False) -> list[str]:
+    """The ONNXCOMPRESS_ISA values this CPU runs; with vnni, also avx512vnni (AVX-512 with
+    VNNI, which only the ops with a VNNI path treat differently from avx512)."""
     isas = ["generic"]
     try:
         with open("/proc/cpuinfo") as f:
@@ -34,10 +36,13 @@ def cpu_isas() -> list[str]:
         isas.append("avx2")
     if all(x in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq", "fma")):
         isas.append("avx512")
+        if vnni and "avx512_vnni" in flags:
+            isas.append("avx512vnni")
     return isas
 
 
 ISAS = cpu_isas()
+ISAS_VNNI = cpu_isas(vnni=True)
 
 
 def session(model: onnx.ModelProto, isa: str | None = None, threads: int = 2) -> ort.InferenceSession:

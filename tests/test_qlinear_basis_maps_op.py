@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from ophelpers import DOMAIN, ISAS, assert_malformed_nodes_fail_cleanly, assert_rejected, conv_attrs, creation_error, session  # noqa: E402
+from ophelpers import DOMAIN, ISAS_VNNI, assert_malformed_nodes_fail_cleanly, assert_rejected, conv_attrs, creation_error, session  # noqa: E402
 
 OP = "QLinearBasisMaps"
 NAMES = ["X", "x_scale", "x_zero_point", "W", "w_scale", "w_zero_point", "y_scale", "y_zero_point", "B"]
@@ -42,13 +42,14 @@ def _model(op, domain, case, params, with_bias, channels_last=0):
 
 def build_case(case_tuple, seed=0, per_channel=True):
     _, n, c, h, w, d, k, extra = case_tuple
+    kh, kw = k if isinstance(k, tuple) else (k, k)
     rng = np.random.default_rng(seed)
     m = c * d
-    case = {"pads": [k // 2] * 4, **extra, "channels": c}
+    case = {"pads": [kh // 2, kw // 2, kh // 2, kw // 2], **extra, "channels": c}
     params = {
         "x_scale": np.float32(rng.uniform(0.005, 0.05)),
         "x_zero_point": np.uint8(rng.integers(0, 256)),
-        "W": rng.integers(-128, 128, (m, 1, k, k)).astype(np.int8),
+        "W": rng.integers(-128, 128, (m, 1, kh, kw)).astype(np.int8),
         "w_scale": (rng.uniform(0.001, 0.02, m) if per_channel else rng.uniform(0.001, 0.02, 1)).astype(np.float32),
         "w_zero_point": np.zeros(m if per_channel else 1, np.int8),
         "y_scale": np.float32(rng.uniform(0.02, 0.3)),
@@ -71,6 +72,11 @@ CASES = [
     ("valid", 2, 3, 8, 7, 2, 3, {"pads": [0, 0, 0, 0]}),
     ("same_upper_s2", 1, 4, 9, 9, 3, 3, {"pads": None, "auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     ("1x1_d5", 1, 7, 5, 5, 5, 1, {}),
+    # the VNNI row path's cases: kernel rows of 1-4 taps, kh at run time, dilation, many channels
+    ("3x3_d3_c40_dil2", 1, 40, 11, 13, 3, 3, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    ("5x3_d2", 2, 17, 9, 8, 2, (5, 3), {}),
+    ("2x4_d6_s2", 1, 33, 10, 12, 6, (2, 4), {"strides": [2, 2], "pads": [1, 2, 0, 1]}),
+    ("1x3_d2_c64", 1, 64, 7, 9, 2, (1, 3), {}),
 ]
 
 
@@ -92,7 +98,7 @@ def _run_both(case, params, x, with_bias, isa=None, threads=2, channels_last=0):
 
 
 @pytest.mark.parametrize("channels_last", [0, 1])
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", ISAS_VNNI)
 @pytest.mark.parametrize("case_tuple", CASES, ids=[c[0] for c in CASES])
 def test_matches_ort_qlinearconv_bit_for_bit(case_tuple, isa, channels_last):
     case, params, x = _case(case_tuple)

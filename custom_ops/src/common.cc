@@ -208,7 +208,28 @@ bool CpuHas(Isa isa) {
 #endif
   return isa == Isa::kGeneric;
 }
+
+bool CpuHasAvx512Vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return CpuHas(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+std::string IsaEnv() {
+  const char* env = std::getenv("ONNXCOMPRESS_ISA");
+  std::string want = env ? env : "";
+  for (char& ch : want) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return want;
+}
 }  // namespace
+
+bool VnniSelected() {
+  const std::string want = IsaEnv();
+  return (want.empty() || want == "auto" || want == "avx512vnni") && CpuHasAvx512Vnni();
+}
 
 bool IsaForced() {
   const char* env = std::getenv("ONNXCOMPRESS_ISA");
@@ -263,8 +284,7 @@ TaskBuffers::Borrowed TaskBuffers::Borrow() {
 
 Isa SelectIsa() {
   const char* env = std::getenv("ONNXCOMPRESS_ISA");
-  std::string want = env ? env : "";
-  for (char& ch : want) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::string want = IsaEnv();
   if (want.empty() || want == "auto") {
     return CpuHas(Isa::kAvx512) ? Isa::kAvx512 : (CpuHas(Isa::kAvx2) ? Isa::kAvx2 : Isa::kGeneric);
   }
@@ -272,12 +292,16 @@ Isa SelectIsa() {
     Require(CpuHas(Isa::kAvx512), "ONNXCOMPRESS_ISA=avx512 but this CPU has no AVX-512 (F/BW/VL/DQ) and FMA");
     return Isa::kAvx512;
   }
+  if (want == "avx512vnni") {
+    Require(CpuHasAvx512Vnni(), "ONNXCOMPRESS_ISA=avx512vnni but this CPU has no AVX-512 (F/BW/VL/DQ) with VNNI");
+    return Isa::kAvx512;
+  }
   if (want == "avx2") {
     Require(CpuHas(Isa::kAvx2), "ONNXCOMPRESS_ISA=avx2 but this CPU has no AVX2 and FMA");
     return Isa::kAvx2;
   }
   if (want == "generic") return Isa::kGeneric;
-  Fail("ONNXCOMPRESS_ISA must be avx512, avx2, generic or auto, got '", env, "'");
+  Fail("ONNXCOMPRESS_ISA must be avx512vnni, avx512, avx2, generic or auto, got '", env, "'");
 }
 
 Activation Activation::FromNode(const Ort::ConstKernelInfo& info) {

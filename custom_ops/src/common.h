@@ -130,6 +130,11 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 Isa SelectIsa();
 // Whether ONNXCOMPRESS_ISA names an instruction set (not unset / auto).
 bool IsaForced();
+// Whether kernels may use AVX-512 VNNI (vpdpbusd) where they have a path for it:
+// the CPU has it (with AVX-512 F/BW/VL/DQ) and ONNXCOMPRESS_ISA is unset, auto or
+// avx512vnni. ONNXCOMPRESS_ISA=avx512 means AVX-512 without VNNI, so that both
+// paths can be tested on a VNNI CPU; avx512vnni on a CPU without it throws.
+bool VnniSelected();
 const char* IsaName(Isa isa);
 
 // The kernel table of the selected instruction set, never null: a getter

@@ -137,6 +137,29 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
   }
   kernels_ = SelectQLinearBasisMapsKernels();
   Require(kRound % kernels_->lanes == 0, "the ", kernels_->name, " kernels' vectors do not divide ", kRound);
+
+  if (channels_last_ && kw_ <= 4 && VnniSelected() && qbm::RowKernelsAvx512Vnni() != nullptr) {
+    rows_ = qbm::RowKernelsAvx512Vnni();
+    const int64_t stride = M + 16;
+    row_weights_.assign(static_cast<size_t>(CheckedMul(kh_, stride, "weights")), 0u);
+    row_bias_.assign(static_cast<size_t>(stride), 0);
+    row_scales_.assign(static_cast<size_t>(stride), 1.0f);
+    for (int64_t o = 0; o < M; ++o) {
+      int64_t sum = 0;
+      for (int64_t ky = 0; ky < kh_; ++ky) {
+        uint32_t lane = 0;
+        for (int64_t kx = 0; kx < kw_; ++kx) {
+          const int8_t v = wt.As<int8_t>()[o * taps + ky * kw_ + kx];
+          lane |= static_cast<uint32_t>(static_cast<uint8_t>(v)) << (8 * kx);
+          sum += v;
+        }
+        row_weights_[ky * stride + o] = lane;
+      }
+      // |B| < 2^30 and |x_zero_point * sum| < 255 * 128 * taps < 2^30: no overflow
+      row_bias_[o] = static_cast<int32_t>(bias_[o] - x_zero_point_ * sum);
+      row_scales_[o] = scales_[o];
+    }
+  }
 }
 
 void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
@@ -159,6 +182,7 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
   uint8_t* ydata = y.GetTensorMutableData<uint8_t>();
   // Channels last sums in float, exact for kernels of up to kExactFloatTaps taps; larger
   // ones (no CNN has them) go through a channels-first copy.
+  if (rows_ != nullptr && ComputeRows(context, g, xdata, ydata)) return;
   if (channels_last_ && g.taps() <= qbm::kExactFloatTaps) {
     ComputePixels(context, g, out_channels_ / C, xdata, ydata);
   } else if (channels_last_) {
@@ -210,6 +234,50 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
       }
     }
   });
+}
+
+// Channels last with VNNI: each input row packed once as row lanes (qbm::RowKernels), then
+// one task per output row. False (nothing written) where the packed rows would be much
+// larger than input and output (huge pads or dilations): the caller takes another path.
+bool QLinearBasisMaps::ComputeRows(Ort::KernelContext& context, const ConvGeometry& g, const uint8_t* x,
+                                   uint8_t* y) {
+  const int64_t N = g.batch, C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w,
+                M = g.out_channels;
+  const int64_t Cp = CeilDiv(C, 16) * 16;
+  const int64_t row = CheckedMul(OW, Cp, "packed row");
+  const int64_t rows = CheckedMul(N, H, "input rows");
+  const int64_t lanes = CheckedAdd(CheckedMul(rows, row, "packed input"), row, "packed input");
+  const int64_t in_bytes = CheckedMul(rows, W * C, "input"), out_bytes = CheckedMul(N * OH, OW * M, "output");
+  if (lanes > 4 * (in_bytes + out_bytes) + (int64_t{1} << 18)) return false;
+  auto lease = row_lanes_.Acquire();
+  std::vector<uint32_t>& t = *lease;
+  if (static_cast<int64_t>(t.size()) < lanes) t.resize(static_cast<size_t>(lanes));
+  uint32_t* zp_row = t.data() + rows * row;  // outside the input: every byte the zero point
+  std::memset(zp_row, x_zero_point_, sizeof(uint32_t) * row);
+  ParallelFor(context, rows, std::min<int64_t>(rows, 64), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      rows_->pack_row(x + r * W * C, W, C, OW, g.stride_w, g.pad_left, g.dil_w, g.kw,
+                      static_cast<uint8_t>(x_zero_point_), t.data() + r * row);
+    }
+  });
+  const int64_t items = N * OH, tasks = std::min<int64_t>(items, 64);
+  auto buffers_lease = SharedTaskBuffers().Acquire();
+  TaskBuffers& buffers = *buffers_lease;
+  buffers.Reserve(TaskSlots(tasks), CheckedMul(g.kh, 2, "kernel rows"));  // a pointer per kernel row
+  ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
+    const TaskBuffers::Borrowed buffer = buffers.Borrow();
+    const uint32_t** taps = reinterpret_cast<const uint32_t**>(buffer.data());
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t n = i / OH, oy = i % OH;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
+        const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
+        taps[ky] = iy >= 0 && iy < H ? t.data() + (n * H + iy) * row : zp_row;
+      }
+      rows_->output_row(taps, g.kh, OW, C, M, row_weights_.data(), M + 16, row_bias_.data(),
+                        row_scales_.data(), y_zero_point_, y + i * OW * M);
+    }
+  });
+  return true;
 }
 
 // Channels last with a kernel too large for exact float sums: through channels-first copies.

@@ -39,6 +39,7 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
  private:
   void ComputePlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x, uint8_t* y);
   void ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x, uint8_t* y);
+  bool ComputeRows(Ort::KernelContext& context, const ConvGeometry& g, const uint8_t* x, uint8_t* y);
   void ComputeLastViaPlanes(Ort::KernelContext& context, const ConvGeometry& g, int64_t d, const uint8_t* x,
                             uint8_t* y);
 
@@ -53,6 +54,13 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   std::vector<float> scales_;     // [M]: x_scale * w_scale[o] / y_scale
   const qbm::Kernels* kernels_ = nullptr;
   ScratchPool<std::vector<float>> shifted_;  // channels last: the input minus its zero point
+  // Channels last with VNNI (kW <= 4): qbm::RowKernels' packed weights [kh][M + 16], bias
+  // less x_zero_point * sum(W[o]) and scales [M + 16]; null rows_ when not in use.
+  const qbm::RowKernels* rows_ = nullptr;
+  std::vector<uint32_t> row_weights_;
+  std::vector<int32_t> row_bias_;
+  std::vector<float> row_scales_;
+  ScratchPool<std::vector<uint32_t>> row_lanes_;  // the input rows as RowKernels' T
 };
 
 // The kernels for this CPU, or those forced by ONNXCOMPRESS_ISA

@@ -48,6 +48,33 @@ struct Kernels {
                 int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y);
 };
 
+// Channels last with AVX-512 VNNI: four taps of one kernel row in each int32
+// lane, so that vpdpbusd takes u8 x s8 products of a row of taps at once.
+//
+// A "row lane" buffer T of one input row iy holds, for output column ox < OW and
+// input channel c < Cp (C rounded up to 16; lanes of c >= C are zero),
+//   T[ox*Cp + c] = bytes (x[iy, ix(ox, 0), c], ..., x[iy, ix(ox, 3), c]),
+//   ix(ox, kx) = ox*sw - pad_left + kx*dil_w,
+// with x_zero_point where kx >= kW or ix is outside the input. Every product
+// then reads a real input or the zero point, so the sum of w * x over all taps,
+// minus x_zero_point * sum(w) (folded into the bias), is QLinearConv's sum.
+struct RowKernels {
+  const char* name;
+  // T of one input row (W * C bytes, channels last); kw <= 4.
+  void (*pack_row)(const uint8_t* x_row, int64_t W, int64_t C, int64_t OW, int64_t stride_w, int64_t pad_left,
+                   int64_t dil_w, int64_t kw, uint8_t x_zero_point, uint32_t* t);
+  // One output row: rows[ky] is T of the input row kernel row ky reads (a row of
+  // x_zero_point bytes where it is outside the input). w is [kh][w_stride], lane o
+  // holding the four s8 taps of kernel row ky of output o (zero past kW), with
+  // w_stride >= M + 16; bias [M + 16] (B - x_zero_point * sum(W[o])), scale
+  // [M + 16]. Writes y[ox*M + o] for ox < OW, o < M = d*C.
+  void (*output_row)(const uint32_t* const* rows, int64_t kh, int64_t OW, int64_t C, int64_t M, const uint32_t* w,
+                     int64_t w_stride, const int32_t* bias, const float* scale, int32_t y_zero_point, uint8_t* y);
+};
+
+// nullptr when the library was built without AVX-512 VNNI (call only where VnniSelected()).
+const RowKernels* RowKernelsAvx512Vnni();
+
 // nullptr when the library was built without that instruction set.
 const Kernels* KernelsAvx512();
 const Kernels* KernelsAvx2();
