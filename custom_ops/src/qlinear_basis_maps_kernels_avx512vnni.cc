@@ -23,8 +23,44 @@ inline __mmask16 TailMask(int64_t left) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
+// Stride 1, no dilation: each input pixel is widened once and shifted into the kw lanes of
+// the columns that read it (a window of the last KW widened pixels).
+template <int KW>
+void PackRowUnit(const uint8_t* x_row, int64_t W, int64_t C, int64_t OW, int64_t pad_left, uint8_t zp, uint32_t* t) {
+  const int64_t Cp = (C + 15) / 16 * 16;
+  const __m512i zero_point = _mm512_set1_epi32(zp);
+  __m512i rest = _mm512_setzero_si512();  // the bytes of taps past kW: the zero point, weight 0
+  for (int kx = KW; kx < 4; ++kx) rest = _mm512_or_si512(rest, _mm512_slli_epi32(zero_point, 8 * kx));
+  for (int64_t c = 0; c < Cp; c += 16) {
+    const __mmask16 m = TailMask(C - c);
+    const auto widened = [&](int64_t ix) {
+      return ix >= 0 && ix < W ? _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, x_row + ix * C + c)) : zero_point;
+    };
+    __m512i e[KW];
+    for (int kx = 0; kx < KW; ++kx) e[kx] = widened(kx - pad_left);
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      __m512i v = _mm512_or_si512(rest, e[0]);
+      if constexpr (KW > 1) v = _mm512_or_si512(v, _mm512_slli_epi32(e[1], 8));
+      if constexpr (KW > 2) v = _mm512_or_si512(v, _mm512_slli_epi32(e[2], 16));
+      if constexpr (KW > 3) v = _mm512_or_si512(v, _mm512_slli_epi32(e[3], 24));
+      _mm512_storeu_si512(t + ox * Cp + c, _mm512_maskz_mov_epi32(m, v));
+      for (int kx = 0; kx + 1 < KW; ++kx) e[kx] = e[kx + 1];
+      e[KW - 1] = widened(ox + KW - pad_left);
+    }
+  }
+}
+
 void PackRow(const uint8_t* x_row, int64_t W, int64_t C, int64_t OW, int64_t sw, int64_t pad_left, int64_t dw,
              int64_t kw, uint8_t zp, uint32_t* t) {
+  if (sw == 1 && dw == 1) {
+    switch (kw) {
+      case 1: return PackRowUnit<1>(x_row, W, C, OW, pad_left, zp, t);
+      case 2: return PackRowUnit<2>(x_row, W, C, OW, pad_left, zp, t);
+      case 3: return PackRowUnit<3>(x_row, W, C, OW, pad_left, zp, t);
+      case 4: return PackRowUnit<4>(x_row, W, C, OW, pad_left, zp, t);
+      default: break;
+    }
+  }
   const int64_t Cp = (C + 15) / 16 * 16;
   const __m512i zero_point = _mm512_set1_epi32(zp);
   for (int64_t ox = 0; ox < OW; ++ox) {
