@@ -232,11 +232,8 @@ bool VnniSelected() {
 }
 
 bool IsaForced() {
-  const char* env = std::getenv("ONNXCOMPRESS_ISA");
-  if (env == nullptr || *env == '\0') return false;
-  std::string want = env;
-  for (char& ch : want) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return want != "auto";
+  const std::string want = IsaEnv();
+  return !want.empty() && want != "auto";
 }
 
 const char* IsaName(Isa isa) {

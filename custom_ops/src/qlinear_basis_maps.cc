@@ -107,7 +107,7 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
             static_cast<int>(wz.As<int8_t>()[i]), " at ", i);
   }
 
-  scales_.resize(static_cast<size_t>(M));
+  scales_.assign(static_cast<size_t>(M + 16), 1.0f);  // 16 past M: the VNNI path's last vector reads them
   for (int64_t o = 0; o < M; ++o) {
     const float w_scale = PositiveScale(ws, ws.count == 1 ? 0 : o, "w_scale");
     // QLinearConv's order of operations, so that the requantization matches bit for bit.
@@ -143,7 +143,6 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
     const int64_t stride = M + 16;
     row_weights_.assign(static_cast<size_t>(CheckedMul(kh_, stride, "weights")), 0u);
     row_bias_.assign(static_cast<size_t>(stride), 0);
-    row_scales_.assign(static_cast<size_t>(stride), 1.0f);
     for (int64_t o = 0; o < M; ++o) {
       int64_t sum = 0;
       for (int64_t ky = 0; ky < kh_; ++ky) {
@@ -157,7 +156,6 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
       }
       // |B| < 2^30 and |x_zero_point * sum| < 255 * 128 * taps < 2^30: no overflow
       row_bias_[o] = static_cast<int32_t>(bias_[o] - x_zero_point_ * sum);
-      row_scales_[o] = scales_[o];
     }
   }
 }
@@ -180,9 +178,10 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
   if (g.batch == 0 || g.out_plane() == 0) return;
   const uint8_t* xdata = x.GetTensorData<uint8_t>();
   uint8_t* ydata = y.GetTensorMutableData<uint8_t>();
+  // Channels last with VNNI: integer sums (where the packed rows stay small).
+  if (rows_ != nullptr && ComputeRows(context, g, xdata, ydata)) return;
   // Channels last sums in float, exact for kernels of up to kExactFloatTaps taps; larger
   // ones (no CNN has them) go through a channels-first copy.
-  if (rows_ != nullptr && ComputeRows(context, g, xdata, ydata)) return;
   if (channels_last_ && g.taps() <= qbm::kExactFloatTaps) {
     ComputePixels(context, g, out_channels_ / C, xdata, ydata);
   } else if (channels_last_) {
@@ -274,7 +273,7 @@ bool QLinearBasisMaps::ComputeRows(Ort::KernelContext& context, const ConvGeomet
         taps[ky] = iy >= 0 && iy < H ? t.data() + (n * H + iy) * row : zp_row;
       }
       rows_->output_row(taps, g.kh, OW, C, M, row_weights_.data(), M + 16, row_bias_.data(),
-                        row_scales_.data(), y_zero_point_, y + i * OW * M);
+                        scales_.data(), y_zero_point_, y + i * OW * M);
     }
   });
   return true;

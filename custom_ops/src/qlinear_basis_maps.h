@@ -51,15 +51,14 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   std::vector<float> weights_t_storage_;
   float* weights_t_ = nullptr;       // [kh*kw][M]  (channels last, integers as floats), 64-byte aligned
   std::vector<int32_t> bias_;     // [M], zeros when absent
-  std::vector<float> scales_;     // [M]: x_scale * w_scale[o] / y_scale
+  std::vector<float> scales_;     // [M + 16]: x_scale * w_scale[o] / y_scale (1 past M)
   const qbm::Kernels* kernels_ = nullptr;
   ScratchPool<std::vector<float>> shifted_;  // channels last: the input minus its zero point
-  // Channels last with VNNI (kW <= 4): qbm::RowKernels' packed weights [kh][M + 16], bias
-  // less x_zero_point * sum(W[o]) and scales [M + 16]; null rows_ when not in use.
+  // Channels last with VNNI (kW <= 4): qbm::RowKernels' packed weights [kh][M + 16] and bias
+  // less x_zero_point * sum(W[o]) [M + 16] (with scales_); null rows_ when not in use.
   const qbm::RowKernels* rows_ = nullptr;
   std::vector<uint32_t> row_weights_;
   std::vector<int32_t> row_bias_;
-  std::vector<float> row_scales_;
   ScratchPool<std::vector<uint32_t>> row_lanes_;  // the input rows as RowKernels' T
 };
 
