@@ -77,6 +77,8 @@ CASES = [
     ("5x3_d2", 2, 17, 9, 8, 2, (5, 3), {}),
     ("2x4_d6_s2", 1, 33, 10, 12, 6, (2, 4), {"strides": [2, 2], "pads": [1, 2, 0, 1]}),
     ("1x3_d2_c64", 1, 64, 7, 9, 2, (1, 3), {}),
+    # the kernel's span (7 rows) taller than the input (4): the row ring holds every input row
+    ("3x3_dil3_short", 2, 16, 4, 9, 2, 3, {"pads": [3, 3, 3, 3], "dilations": [3, 3]}),
 ]
 
 

@@ -59,7 +59,6 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   const qbm::RowKernels* rows_ = nullptr;
   std::vector<uint32_t> row_weights_;
   std::vector<int32_t> row_bias_;
-  ScratchPool<std::vector<uint32_t>> row_lanes_;  // the input rows as RowKernels' T
 };
 
 // The kernels for this CPU, or those forced by ONNXCOMPRESS_ISA
