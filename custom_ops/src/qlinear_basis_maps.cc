@@ -191,31 +191,42 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
   }
 }
 
-// Channels last: one task per output row; each output pixel lists the taps inside the input.
+// Channels last: one task per block of consecutive output rows; each task keeps the input rows
+// its outputs read, minus the zero point as float, in a ring of S = (kh-1)*dil_h + 1 rows of its
+// own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache), and
+// each output pixel lists the taps inside the input.
 void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
                                      const uint8_t* x, uint8_t* y) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
-  const int64_t taps = g.taps();
+  const int64_t taps = g.taps(), row = CheckedMul(W, C, "input row");
+  const int64_t span = CheckedAdd(CheckedMul(g.kh - 1, g.dil_h, "kernel span"), 1, "kernel span");
+  const int64_t slots = std::min(span, H);
+  const int64_t ring = CeilDiv(CheckedMul(slots, row, "input rows"), 16) * 16;
   const int64_t items = g.batch * OH;
-  const int64_t tasks = std::min<int64_t>(items, 64);
+  const int64_t tasks = std::min<int64_t>(TaskSlots(items), 64);
   auto lease = SharedTaskBuffers().Acquire();
   TaskBuffers& buffers = *lease;
-  buffers.Reserve(TaskSlots(tasks), CheckedMul(taps, 4, "taps"));  // two int64 per tap
+  // per task: the ring, then a tag per slot and an offset and a tap index per tap (two floats each)
+  buffers.Reserve(tasks, CheckedAdd(ring, CheckedMul(slots + 2 * taps, 2, "taps"), "input rows"));
   const qbm::Requant rq{scales_.data(), y_zero_point_};
-  // The input minus its zero point, as float, once (each input pixel is read by up to taps outputs).
-  auto shifted_lease = shifted_.Acquire();
-  const int64_t row = W * C, rows = g.batch * H;
-  float* xs = AlignedBuffer(*shifted_lease, CheckedMul(rows, row, "input"));
-  ParallelFor(context, rows, std::min<int64_t>(rows, 64), [&](int64_t r0, int64_t r1) {
-    kernels_->shifted(x + r0 * row, (r1 - r0) * row, x_zero_point_, xs + r0 * row);
-  });
   ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
     const TaskBuffers::Borrowed buffer = buffers.Borrow();
-    int64_t* offsets = reinterpret_cast<int64_t*>(buffer.data());
+    float* xs = buffer.data();
+    int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);  // input row (n*H + iy) per slot
+    int64_t* offsets = tags + slots;
     int64_t* tap_index = offsets + taps;
+    for (int64_t s = 0; s < slots; ++s) tags[s] = -1;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
-      const float* xn = xs + n * H * W * C;
+      for (int64_t ky = 0; ky < g.kh; ++ky) {  // the rows of one window lie within `span`: distinct slots
+        const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
+        if (iy < 0 || iy >= H) continue;
+        const int64_t s = iy % slots, tag = n * H + iy;
+        if (tags[s] != tag) {
+          kernels_->shifted(x + tag * row, row, x_zero_point_, xs + s * row);
+          tags[s] = tag;
+        }
+      }
       for (int64_t ox = 0; ox < OW; ++ox) {
         int64_t count = 0;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -224,11 +235,11 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
             if (ix < 0 || ix >= W) continue;
-            offsets[count] = (iy * W + ix) * C;
+            offsets[count] = (iy % slots) * row + ix * C;
             tap_index[count++] = ky * g.kw + kx;
           }
         }
-        kernels_->pixel(xn, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq,
+        kernels_->pixel(xs, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq,
                         y + ((n * OH + oy) * OW + ox) * M);
       }
     }

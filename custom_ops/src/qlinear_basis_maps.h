@@ -53,7 +53,6 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   std::vector<int32_t> bias_;     // [M], zeros when absent
   std::vector<float> scales_;     // [M + 16]: x_scale * w_scale[o] / y_scale (1 past M)
   const qbm::Kernels* kernels_ = nullptr;
-  ScratchPool<std::vector<float>> shifted_;  // channels last: the input minus its zero point
   // Channels last with VNNI (kW <= 4): qbm::RowKernels' packed weights [kh][M + 16] and bias
   // less x_zero_point * sum(W[o]) [M + 16] (with scales_); null rows_ when not in use.
   const qbm::RowKernels* rows_ = nullptr;

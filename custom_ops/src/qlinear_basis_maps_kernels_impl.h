@@ -49,6 +49,23 @@ inline VI LoadU8(const uint8_t* p) {
 inline VI SplatI(int32_t v) { return v - VI{}; }
 inline VF SplatF(float v) { return v - VF{}; }
 
+// Lanes already in [0, 255] to bytes. AVX2 has no dword-to-byte move, and GCC turns the
+// generic conversion into a byte extract per lane; two unsigned-saturating packs do it.
+inline VB Narrow(VI v) {
+#if defined(__AVX2__)
+  if constexpr (L == 8) {
+    __m256i x;
+    __builtin_memcpy(&x, &v, sizeof(x));
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(x), _mm256_extracti128_si256(x, 1));
+    const __m128i b = _mm_packus_epi16(w, w);
+    VB r;
+    __builtin_memcpy(&r, &b, sizeof(r));
+    return r;
+  }
+#endif
+  return __builtin_convertvector(v, VB);
+}
+
 // MLAS's requantization: clamp in float to [-zp, 255 - zp], round half to even by adding
 // 1.5 * 2^23 and reading the low mantissa bits, then add the zero point.
 inline VB Requantize(VI acc, VF scale, int32_t zero_point) {
@@ -59,7 +76,7 @@ inline VB Requantize(VI acc, VF scale, int32_t zero_point) {
   const VF r = v + SplatF(12582912.0f);  // 1.5 * 2^23
   VI bits;
   __builtin_memcpy(&bits, &r, sizeof(bits));
-  return __builtin_convertvector(bits + SplatI(zero_point - 0x4B400000), VB);
+  return Narrow(bits + SplatI(zero_point - 0x4B400000));
 }
 
 inline uint8_t RequantizeOne(int32_t acc, float scale, int32_t zero_point) {
