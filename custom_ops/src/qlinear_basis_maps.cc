@@ -28,6 +28,32 @@ float PositiveScale(const ConstantTensor& t, int64_t i, const char* name) {
 // The kernels write whole vectors: positions are rounded up to this.
 constexpr int64_t kRound = 16;
 
+// A task's ring of the input rows (converted or packed) that its output rows read: one slot per
+// row of the kernel's span, (kh - 1) * dil_h + 1, or per input row where the input is shorter.
+// The rows one output row reads lie within the span, so they take distinct slots, and a row
+// is filled once while it stays in the window. `tags` (slots of them) name the input row
+// n * H + iy each slot holds.
+struct RowRing {
+  static int64_t Slots(const ConvGeometry& g) {
+    return std::min(CheckedAdd(CheckedMul(g.kh - 1, g.dil_h, "kernel span"), 1, "kernel span"), g.in_h);
+  }
+  RowRing(int64_t slots, int64_t* tags) : slots_(slots), tags_(tags) {
+    for (int64_t s = 0; s < slots_; ++s) tags_[s] = -1;
+  }
+  int64_t SlotOf(int64_t iy) const { return iy % slots_; }
+  // The slot of input row iy of image n; `fill` is set where the slot does not hold it yet.
+  int64_t Slot(int64_t n, int64_t iy, int64_t H, bool* fill) {
+    const int64_t s = SlotOf(iy), tag = n * H + iy;
+    *fill = tags_[s] != tag;
+    tags_[s] = tag;
+    return s;
+  }
+
+ private:
+  int64_t slots_;
+  int64_t* tags_;
+};
+
 }  // namespace
 
 const qbm::Kernels* SelectQLinearBasisMapsKernels() {
@@ -199,8 +225,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
                                      const uint8_t* x, uint8_t* y) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
   const int64_t taps = g.taps(), row = CheckedMul(W, C, "input row");
-  const int64_t span = CheckedAdd(CheckedMul(g.kh - 1, g.dil_h, "kernel span"), 1, "kernel span");
-  const int64_t slots = std::min(span, H);
+  const int64_t slots = RowRing::Slots(g);
   const int64_t ring = CeilDiv(CheckedMul(slots, row, "input rows"), 16) * 16;
   const int64_t items = g.batch * OH;
   const int64_t tasks = std::min<int64_t>(TaskSlots(items), 64);
@@ -212,20 +237,18 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
   ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
     const TaskBuffers::Borrowed buffer = buffers.Borrow();
     float* xs = buffer.data();
-    int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);  // input row (n*H + iy) per slot
+    int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);
     int64_t* offsets = tags + slots;
     int64_t* tap_index = offsets + taps;
-    for (int64_t s = 0; s < slots; ++s) tags[s] = -1;
+    RowRing rows(slots, tags);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
-      for (int64_t ky = 0; ky < g.kh; ++ky) {  // the rows of one window lie within `span`: distinct slots
+      for (int64_t ky = 0; ky < g.kh; ++ky) {
         const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
         if (iy < 0 || iy >= H) continue;
-        const int64_t s = iy % slots, tag = n * H + iy;
-        if (tags[s] != tag) {
-          kernels_->shifted(x + tag * row, row, x_zero_point_, xs + s * row);
-          tags[s] = tag;
-        }
+        bool fill = false;
+        const int64_t s = rows.Slot(n, iy, H, &fill);
+        if (fill) kernels_->shifted(x + (n * H + iy) * row, row, x_zero_point_, xs + s * row);
       }
       for (int64_t ox = 0; ox < OW; ++ox) {
         int64_t count = 0;
@@ -235,7 +258,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
             if (ix < 0 || ix >= W) continue;
-            offsets[count] = (iy % slots) * row + ix * C;
+            offsets[count] = rows.SlotOf(iy) * row + ix * C;
             tap_index[count++] = ky * g.kw + kx;
           }
         }
@@ -260,8 +283,7 @@ bool QLinearBasisMaps::ComputeRows(Ort::KernelContext& context, const ConvGeomet
                 M = g.out_channels;
   const int64_t Cp = CeilDiv(C, 16) * 16;
   const int64_t row = CheckedMul(OW, Cp, "packed row");  // uint32 lanes (= floats) of one packed row
-  const int64_t span = CheckedAdd(CheckedMul(g.kh - 1, g.dil_h, "kernel span"), 1, "kernel span");
-  const int64_t slots = std::min(span, H);  // rows a window holds inside the input
+  const int64_t slots = RowRing::Slots(g);
   const int64_t ring = CheckedMul(slots + 1, row, "packed rows");  // + a row of zero points
   const int64_t in_bytes = CheckedMul(N * H, W * C, "input"), out_bytes = CheckedMul(N * OH, OW * M, "output");
   if (ring > 4 * (in_bytes + out_bytes) + (int64_t{1} << 18)) return false;
@@ -277,10 +299,10 @@ bool QLinearBasisMaps::ComputeRows(Ort::KernelContext& context, const ConvGeomet
     const TaskBuffers::Borrowed buffer = buffers.Borrow();
     uint32_t* lanes = reinterpret_cast<uint32_t*>(buffer.data());
     uint32_t* zp_row = lanes + slots * row;  // outside the input: every byte the zero point
-    int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);  // input row (n*H + iy) per slot
+    int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);
     const uint32_t** taps = reinterpret_cast<const uint32_t**>(tags + slots);
     std::memset(zp_row, zp, sizeof(uint32_t) * row);
-    for (int64_t s = 0; s < slots; ++s) tags[s] = -1;
+    RowRing packed(slots, tags);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
@@ -289,13 +311,9 @@ bool QLinearBasisMaps::ComputeRows(Ort::KernelContext& context, const ConvGeomet
           taps[ky] = zp_row;
           continue;
         }
-        // The rows of one window lie within `span` of each other: distinct slots.
-        const int64_t s = iy % slots, tag = n * H + iy;
-        uint32_t* t = lanes + s * row;
-        if (tags[s] != tag) {
-          rows_->pack_row(x + tag * W * C, W, C, OW, g.stride_w, g.pad_left, g.dil_w, g.kw, zp, t);
-          tags[s] = tag;
-        }
+        bool fill = false;
+        uint32_t* t = lanes + packed.Slot(n, iy, H, &fill) * row;
+        if (fill) rows_->pack_row(x + (n * H + iy) * W * C, W, C, OW, g.stride_w, g.pad_left, g.dil_w, g.kw, zp, t);
         taps[ky] = t;
       }
       rows_->output_row(taps, g.kh, OW, C, M, row_weights_.data(), M + 16, row_bias_.data(),
