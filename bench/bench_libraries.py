@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_layout_tax import machine_summary
+from bench_layout_tax import machine_summary, node_medians
 
 from onnxcompress import get_library_path
 from onnxcompress.table import format_table
@@ -88,13 +88,10 @@ def our_op_times(model: str, libraries: list[str], threads: int, feed: dict, run
         traces = [json.loads(Path(s.end_profiling()).read_text()) for s in sessions]
     result = []
     for events in traces:
-        per_node = defaultdict(list)
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["args"].get("op_name") in ours:
-                per_node[(e["args"]["op_name"], e["name"])].append(e["dur"])
         totals = defaultdict(float)
-        for (op, _), durations in per_node.items():
-            totals[op] += float(np.median(durations[len(durations) // 5:]))  # the first fifth as warm-up
+        for op, us in node_medians(events, skip=runs // 5).values():  # the first fifth as warm-up
+            if op in ours:
+                totals[op] += us
         result.append(dict(totals))
     return result
 
