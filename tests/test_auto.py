@@ -262,6 +262,31 @@ def test_auto_on_digits_cnn_with_labels(tmp_path):
     assert set(_ours(result.model)) <= set(convs[1:4])
 
 
+def test_agreement_budget_is_measured_on_the_eval_inputs(tmp_path):
+    """--eval with an agreement budget: the plan's agreement on the --eval inputs is what ORT gives
+    for the written model against the original on them, and the budget is shown there too."""
+    from onnxcompress.inputs import dataset_arrays
+    from onnxcompress.model_io import load_model
+
+    model = load_model("models/digits_cnn.onnx")
+    xs, _ = dataset_arrays("mnist-train", 80, seed=0, model=model)
+    feeds = [{"input": xs[i:i + 8]} for i in range(0, 80, 8)]
+    x, y = dataset_arrays("mnist-val", 200, seed=0, model=model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    result = plan_model(model, feeds, min_agreement=0.95, eval_data=(x, y), layers=convs[1:4], val_fraction=0.8,
+                        candidates=candidate_list("cluspa")[:2], timer=FakeTimer(), report_threads=(1,),
+                        settings_points=False)
+    s = result.summary
+    assert "and the --eval inputs" in s["budget"]["text"] and s["budget"]["on_eval"]
+    a = s["achieved"]
+    orig = np.argmax(InferenceSession(model.SerializeToString()).run(None, {"input": x})[0], 1)
+    new = np.argmax(InferenceSession(result.model.SerializeToString()).run(None, {"input": x})[0], 1)
+    assert a["eval_samples"] == 200 and a["eval_agreement"] == pytest.approx(np.mean(orig == new))
+    assert a["eval_agreement_lower"] < a["eval_agreement"]
+    assert s["meets_budget"] == (a["agreement_lower"] >= 0.95 and a["eval_agreement_lower"] >= 0.95)
+    assert s["meets_budget"]
+
+
 # ------------------------------------------------------------------ command line
 
 def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):

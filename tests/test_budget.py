@@ -46,6 +46,26 @@ def test_budget_holds_on_the_bound_not_the_sample():
     assert c.holds(Measurement(None, 0.985, 0.0, 8, cosine_lower=0.981))
 
 
+def test_budget_is_shown_on_the_eval_inputs_too():
+    """With --eval, agreement must be shown there as well: the validation inputs may be the model's
+    training data, on which a rewritten model disagrees less often than on unseen inputs."""
+    b = Budget(min_agreement=0.99, on_eval=True)
+    val = dict(agreement=1.0, cosine=0.999, rel_error=1e-3, samples=1024, agreement_lower=0.99708, cosine_lower=0.998)
+    bad = Measurement(**val, eval_samples=1000, eval_agreement=0.995, eval_agreement_lower=0.98952,
+                      eval_cosine=0.998, eval_cosine_lower=0.9979)
+    assert not b.holds(bad)
+    assert b.violations(bad) == ["agreement 0.9950 on 1000 --eval inputs, >= 0.9895 at 95% < 0.99"]
+    good = Measurement(**val, eval_samples=1000, eval_agreement=0.998, eval_agreement_lower=0.99372,
+                       eval_cosine=0.998, eval_cosine_lower=0.9979)
+    assert b.holds(good)
+    assert Budget(min_agreement=0.99).holds(Measurement(**val))  # measured without --eval: the validation part
+    assert "and the --eval inputs" in b.describe() and "--eval" not in Budget(min_agreement=0.99).describe()
+    c = Budget(min_cosine=0.999, on_eval=True)
+    assert c.violations(Measurement(None, 0.9995, 0.0, 64, cosine_lower=0.9992, eval_samples=64,
+                                    eval_cosine=0.9991, eval_cosine_lower=0.9989)) == [
+        "cosine 0.9991 on 64 --eval inputs, >= 0.9989 at 95% < 0.999"]
+
+
 def test_require_resolvable_names_what_would_show_the_budget():
     with pytest.raises(OnnxCompressError, match=r"at least 299 validation inputs: give at least 555 calibration"):
         Budget(min_agreement=0.99).require_resolvable(64)
@@ -54,6 +74,9 @@ def test_require_resolvable_names_what_would_show_the_budget():
     Budget(min_cosine=0.99).require_resolvable(4)  # a cosine bound is judged as measured
     with pytest.raises(OnnxCompressError, match="cannot be shown"):
         Budget(min_agreement=1.0).require_resolvable(10_000)
+    with pytest.raises(OnnxCompressError, match=r"200 --eval inputs cannot show top-1 agreement >= 0.99.*at least 299"):
+        Budget(min_agreement=0.99).require_resolvable(1024, n_eval=200)
+    Budget(min_agreement=0.99).require_resolvable(1024, n_eval=299)
 
 
 def test_split_fits_at_most_fit_limit_and_validates_the_rest():

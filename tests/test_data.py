@@ -122,3 +122,22 @@ def test_missing_files_without_apt_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(data.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get/dpkg-deb are not available.*apt-get install dataset-fashion-mnist"):
         load_fashion_test()
+
+
+def test_mnist_val_and_test_split_the_heldout_digits():
+    """mnist-val (what a plan may be chosen on) and mnist-test (what it is reported on) are disjoint
+    and together the 5,000 held-out digits; mnist-val holds 100 of each class."""
+    from onnxcompress.data import load_mnist_heldout, load_mnist_test, load_mnist_val
+    from onnxcompress.inputs import dataset_arrays
+
+    xh, yh = load_mnist_heldout(normalise=False)
+    xv, yv = load_mnist_val(normalise=False)
+    xt, yt = load_mnist_test(normalise=False)
+    assert len(xh) == 5000 and len(xv) == 1000 and len(xt) == 4000
+    assert np.bincount(yv).tolist() == [100] * 10
+    val, test = {i.tobytes() for i in xv}, {i.tobytes() for i in xt}
+    assert not val & test and val | test == {i.tobytes() for i in xh}
+    assert np.bincount(yv).tolist() + np.bincount(yt).tolist() != [] and \
+        (np.bincount(yv) + np.bincount(yt)).tolist() == np.bincount(yh).tolist()
+    x, y = dataset_arrays("mnist-val")
+    assert x.shape == (1000, 1, 28, 28) and np.array_equal(y, yv)

@@ -131,8 +131,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence)
     budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None,
                             confidence)
-    budget.require_resolvable(len(val_idx), val_fraction)
-    with_eval = budget.max_drop is not None
+    budget.require_resolvable(len(val_idx), val_fraction, None if eval_data is None else len(eval_data[0]))
+    with_eval = eval_data is not None  # --eval is part of the budget: --max-drop, or agreement / cosine there too
     say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
         + (f" and the whole-model stage(s) {', '.join(stage_names)}" if stage_names else "")
         + f"; {len(fit_idx)} fitting and "

@@ -41,10 +41,14 @@ def print_plan(report, echo) -> None:
     echo(f"budget: {plan['budget']['text']}; achieved on {plan['validation_inputs']} validation inputs: "
          + ", ".join(x for x in achieved if x) + (" (meets it)" if plan["meets_budget"] else " (MISSES IT)"))
     if plan.get("original_eval_top1") is not None:
-        echo(f"evaluation data: top-1 {plan['original_eval_top1']:.4f} -> {a.get('eval_top1'):.4f} "
-             f"({a.get('eval_drop'):+.2f} points lost"
+        on_eval = [bounded("agreement", a["eval_agreement"], a.get("eval_agreement_lower"))
+                   if a.get("eval_agreement") is not None else "",
+                   bounded("cosine", a["eval_cosine"], a.get("eval_cosine_lower"))
+                   if a.get("eval_cosine") is not None else ""]
+        echo(f"evaluation data ({a.get('eval_samples')} --eval inputs): top-1 {plan['original_eval_top1']:.4f} -> "
+             f"{a.get('eval_top1'):.4f} ({a.get('eval_drop'):+.2f} points lost"
              + (f"; <= {a['eval_drop_upper']:.2f} on unseen inputs at {pct}" if a.get("eval_drop_upper") is not None
-                and conf else "") + ")")
+                and conf else "") + ")" + "".join(f", {x}" for x in on_eval if x))
     sp = ", ".join(f"{v:.3f}x at {t} thread{'s' if t != '1' else ''}" for t, v in plan["speedup"].items())
     echo(f"{plan['layers_replaced']} of {plan['conv_layers']} Conv replaced ({plan['plan']} fit); measured "
          f"speedup against the canonicalised original: {sp}; Conv MACs at batch 1 {plan['macs_before']:,} -> "
