@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
 
 from . import DOMAIN
 from .errors import OnnxCompressError

@@ -19,7 +19,7 @@ from onnxcompress.plan.budget import split_feeds
 from onnxcompress.plan.candidates import KINDS, candidate_list
 from onnxcompress.plan.select import Measured, back_off, guarantee, lagrangian_path, longest_passing
 from onnxcompress.plan.splice import replacement_of, revert, splice
-from onnxcompress.plan.timing import ModelTimer, TimingCache
+from onnxcompress.plan.timing import TimingCache
 
 
 class FakeTimer:

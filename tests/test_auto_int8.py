@@ -124,7 +124,6 @@ def test_unknown_kinds_are_refused(bad):
 
 def test_splice_into_places_our_op_in_a_quantized_model():
     from onnxcompress.int8 import quantize_convs
-    from onnxcompress.methods import resolve_options
     from onnxcompress.optimizer import optimize
     from onnxcompress.plan.planner import _canonical
     from onnxcompress.plan.splice import replacement_of, splice_into

@@ -123,13 +123,13 @@ def test_cli(tmp_path, small):
 
 @pytest.mark.skipif(not (REPO / "models" / "digits_cnn.onnx").exists(), reason="models/digits_cnn.onnx not built")
 def test_digits_cnn_keeps_accuracy_with_calibration():
-    from onnxcompress.data import load_mnist_test, load_mnist_train
+    from onnxcompress.data import load_mnist_train
     from onnxcompress.evaluation import evaluate_accuracy
+    from onnxcompress.inputs import dataset_arrays
 
     model = onnx.load(str(REPO / "models" / "digits_cnn.onnx"))
     x_train, _ = load_mnist_train()
-    x_test, y_test = load_mnist_test()
-    x_test, y_test = x_test[:600], y_test[:600]
+    x_test, y_test = dataset_arrays("mnist-test", 600, seed=0)  # seeded class-balanced: the set is sorted by class
     name = model.graph.input[0].name
     calib = x_train[np.random.default_rng(0).permutation(len(x_train))[:32]]
     feeds = [{name: calib[i:i + 32]} for i in range(0, len(calib), 32)]

@@ -4,7 +4,7 @@ Transposes; the result is compared with the unfused QDQ model and the fp32 model
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
+from onnx import helper
 
 import modelgen
 import onnxcompress

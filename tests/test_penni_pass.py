@@ -139,14 +139,14 @@ def test_digits_cnn_calibrated_keeps_accuracy():
     path = REPO / "models" / "digits_cnn.onnx"
     if not path.exists():
         pytest.skip("models/digits_cnn.onnx is not built")
-    from onnxcompress.data import load_mnist_test, load_mnist_train
     from onnxcompress.evaluation import evaluate_accuracy
+    from onnxcompress.inputs import dataset_arrays
 
     model = onnx.load(str(path))
     name = model.graph.input[0].name
-    x_train, _ = load_mnist_train()
-    x_test, y_test = load_mnist_test()
-    x_test, y_test = x_test[:1000], y_test[:1000]
+    # seeded class-balanced samples: both sets are stored sorted by class
+    x_train, _ = dataset_arrays("mnist-train", 128, seed=0)
+    x_test, y_test = dataset_arrays("mnist-test", 1000, seed=0)
     calib = [{name: x_train[i:i + 32]} for i in range(0, 128, 32)]
     out, report = optimize(model, "penni", bases=5, coef_sparsity=0.7, calib_feeds=calib, calib_rows=8000)
     base = evaluate_accuracy(model, x_test, y_test).top1

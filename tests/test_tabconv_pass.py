@@ -101,14 +101,17 @@ def test_min_cosine_reached_on_calibration(small):
 
 @pytest.mark.skipif(not (REPO / "models" / "digits_cnn.onnx").exists(), reason="digits model not trained")
 def test_digits_cnn_keeps_accuracy():
-    from onnxcompress.data import load_mnist_test, load_mnist_train
+    from onnxcompress.inputs import dataset_arrays
 
     model = onnx.load(str(REPO / "models" / "digits_cnn.onnx"))
     name = model.graph.input[0].name
-    x_train, _ = load_mnist_train()
-    x_test, y_test = load_mnist_test()
-    calib = [{name: x_train[i:i + 16]} for i in range(0, 32, 16)]
-    out, report = optimize(model, "tabconv", calib_feeds=calib, calib_rows=4000, subspace=18)
+    # seeded class-balanced samples: both sets are stored sorted by class. (This test once took the
+    # first 32 training and first 500 test digits, all of them zeros, and passed with subspace 18; on
+    # a balanced sample that setting, every layer tabconv, goes from 98.8% to 82.2%.)
+    x_train, _ = dataset_arrays("mnist-train", 64, seed=0)
+    x_test, y_test = dataset_arrays("mnist-test", 500, seed=0)
+    calib = [{name: x_train[i:i + 16]} for i in range(0, 64, 16)]
+    out, report = optimize(model, "tabconv", calib_feeds=calib, calib_rows=4000, subspace=9)
     assert report.totals["rewritten"] >= 10
     pred_a = np.concatenate([run(model, {name: x_test[i:i + 100]}).argmax(1) for i in range(0, 500, 100)])
     pred_b = np.concatenate([run(out, {name: x_test[i:i + 100]}).argmax(1) for i in range(0, 500, 100)])

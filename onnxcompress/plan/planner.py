@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxCompressError
-from .budget import (DEFAULT_CONFIDENCE, DEFAULT_VAL_FRACTION, Budget, Evaluator, Measurement, resolve_budget,
+from .budget import (DEFAULT_CONFIDENCE, DEFAULT_VAL_FRACTION, Evaluator, Measurement, resolve_budget,
                      split_feeds)
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
