@@ -53,10 +53,10 @@ def top1(path, x, y) -> float:
     return evaluate_accuracy(str(path), x, y, batch=64, threads=2).top1
 
 
-def speedups(original, candidate, x1, runs) -> dict:
+def speedups(original, candidate, x1, runs, block=1) -> dict:
     out = {}
     for t in (1, 2):
-        lat = bench_models([str(original), str(candidate)], {"input": x1}, t, runs=runs, warmup=5)
+        lat = bench_models([str(original), str(candidate)], {"input": x1}, t, runs=runs, warmup=5, block=block)
         out[t] = lat[1].ratio_to_first
     return out
 
@@ -96,7 +96,7 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     auto_out, auto_rep = work / f"{path.stem}.auto.onnx", work / f"{path.stem}.auto.json"
     auto = run_auto(path, auto_out, auto_rep, calib_npz, eval_npz, args)
     plan = auto["report"]["plan"]
-    sp = speedups(path, auto_out, x1, args.runs) if not args.int8_only else None
+    sp = speedups(path, auto_out, x1, args.runs, args.block) if not args.int8_only else None
     a_e, a_t = top1(auto_out, xe, ye), top1(auto_out, xt, yt)
     print(f"  auto: planned in {auto['seconds']:.0f} s, peak RSS {auto['peak_rss_mb']:.0f} MB"
           + (f"; speedup {sp[1]:.3f}x / {sp[2]:.3f}x" if sp else ""), flush=True)
@@ -129,7 +129,7 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
         sp, per = {}, {}
         for t in (1, 2):
             lat = bench_models([str(path)] + [str(p) for _, p, _ in made] + [str(auto_out)], {"input": x1}, t,
-                               runs=args.runs, warmup=5)
+                               runs=args.runs, warmup=5, block=args.block)
             sp[t] = lat[-1].ratio_to_first
             per[t] = [r.ratio_to_first for r in lat[1:-1]]
         for i, (label, _, _) in enumerate(made):
@@ -138,7 +138,7 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     for i, (label, p, seconds) in enumerate(made):
         s_e, s_t = top1(p, xe, ye), top1(p, xt, yt)
         meets = base_e - s_e <= args.max_drop / 100 + 1e-9
-        sp_c = {1: per[1][i], 2: per[2][i]} if args.int8_only else speedups(path, p, x1, args.runs)
+        sp_c = {1: per[1][i], 2: per[2][i]} if args.int8_only else speedups(path, p, x1, args.runs, args.block)
         rows.append([path.name, label, f"{100 * s_e:.2f}", f"{100 * s_t:.2f}", f"{sp_c[1]:.3f}", f"{sp_c[2]:.3f}",
                      "yes" if meets else "no", f"{seconds:.0f}", ""])
         print(f"  {label}: {100 * s_e:.2f} / {100 * s_t:.2f}, {sp_c[1]:.3f}x / {sp_c[2]:.3f}x", flush=True)
@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(list(KINDS) + list(STAGES))})")
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--block", type=int, default=1,
+                    help="runs of one model back to back per round (onnxcompress.evaluation.bench_models)")
     ap.add_argument("--timing-cache", default=str(Path(tempfile.gettempdir()) / "onnxcompress_bench_timings.json"))
     ap.add_argument("--out", default=None, help="folder for the models and reports (default: a temporary one)")
     args = ap.parse_args()

@@ -424,8 +424,12 @@ def eval_command(model, dataset, data, limit, batch, threads, as_json):
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size for symbolic batch dimensions.")
 @click.option("--data", type=click.Path(dir_okay=False), help="Take the input from an .npz instead of random data.")
+@click.option("--block", type=int, default=1, show_default=True,
+              help="Runs of one model back to back in each round, the first of each not counted: 1 times every "
+                   "run right after the other models' (caches partly cold, as for a model called between other "
+                   "work); 5 or more, a model called over and over.")
 @click.option("--json", "as_json", is_flag=True)
-def bench(models, threads, runs, warmup, batch, data, as_json):
+def bench(models, threads, runs, warmup, batch, data, block, as_json):
     """Latency of each model, runs interleaved; ratio to the first model (>1: faster)."""
     from .evaluation import bench_models
     from .inputs import npz_feeds, random_feeds
@@ -436,7 +440,7 @@ def bench(models, threads, runs, warmup, batch, data, as_json):
     feed = npz_feeds(proto, data, batch=batch)[0] if data else random_feeds(proto, 1, batch=batch)[0]
     results = []
     for t in threads:
-        for lat in bench_models(list(models), feed, t, runs=runs, warmup=warmup):
+        for lat in bench_models(list(models), feed, t, runs=runs, warmup=warmup, block=block):
             results.append({"threads": t, **asdict(lat)})
     if as_json:
         click.echo(json.dumps(results, indent=2))

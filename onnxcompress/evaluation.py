@@ -98,23 +98,34 @@ class Latency:
 
 
 def bench_models(models: list[str], feed: dict[str, np.ndarray], threads: int | None, runs: int = 50,
-                 warmup: int = 5) -> list[Latency]:
+                 warmup: int = 5, block: int = 1) -> list[Latency]:
     """Latency of each model on the same feed; the runs are interleaved (A B C A B C ...)
     so that machine noise hits every model alike. With several threads, idle pool
     threads do not spin: each session has its own pool, and a spinning one would
-    steal the cores of the session that runs next."""
-    if runs < 1 or warmup < 0:
-        raise OnnxCompressError("runs must be >= 1 and warmup >= 0")
+    steal the cores of the session that runs next.
+
+    block: runs of one model back to back in each round (A A A B B B ...), the first
+    of each block, which follows the other models' runs, not counted; `runs` are the
+    counted runs per model. With block 1 every run follows the other models' runs, so
+    a small model's weights and buffers are partly out of cache: what a model called
+    between other work sees. A larger block measures a model called over and over
+    (on ResNet-20 Fashion at 1 thread, ORT's INT8 took 0.42 ms interleaved run by
+    run, 0.28 ms in blocks of 5, 0.27 ms alone; docs/results.md)."""
+    if runs < 1 or warmup < 0 or block < 1:
+        raise OnnxCompressError("runs and block must be >= 1 and warmup >= 0")
     sessions = [open_session(m, threads, spinning=threads == 1) for m in models]
     for _ in range(warmup):
         for s in sessions:
             run_session(s, feed)
     times = [[] for _ in sessions]
-    for _ in range(runs):
+    counted = max(block - 1, 1)
+    for _ in range(-(-runs // counted)):
         for i, s in enumerate(sessions):
-            start = time.perf_counter()
-            s.run(None, feed)
-            times[i].append(time.perf_counter() - start)
+            for k in range(block):
+                start = time.perf_counter()
+                s.run(None, feed)
+                if block == 1 or k > 0:
+                    times[i].append(time.perf_counter() - start)
     medians = [float(np.median(t)) for t in times]
     return [
         Latency(str(m), 1e3 * med, 1e3 * float(np.percentile(t, 10)), 1e3 * float(np.percentile(t, 90)), medians[0] / med)

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcompress.cli import main
+from onnxcompress.errors import OnnxCompressError
 
 
 def invoke(*args):
@@ -56,6 +57,31 @@ def test_optimize_compare_inspect_bench(small_model_path, tmp_path):
     for first, other in ((rows[0], rows[1]), (rows[2], rows[3])):  # per thread count: first / this median
         assert other["ratio_to_first"] == pytest.approx(first["median_ms"] / other["median_ms"], rel=1e-6)
         assert other["p10_ms"] <= other["median_ms"] <= other["p90_ms"]
+
+
+def test_bench_blocks_count_runs_after_the_first_of_each_block(small_model_path, monkeypatch):
+    """--block: each model runs `block` times in a row per round; the first of each block is not counted."""
+    import onnxruntime
+
+    from onnxcompress.evaluation import bench_models, open_session
+
+    calls = []
+    real_run = onnxruntime.InferenceSession.run
+
+    def counting_run(self, *args, **kwargs):
+        calls.append(id(self))
+        return real_run(self, *args, **kwargs)
+
+    feed = {open_session(small_model_path).get_inputs()[0].name: np.zeros((1, 3, 16, 16), np.float32)}
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", counting_run)
+    lat = bench_models([small_model_path, small_model_path], feed, 1, runs=5, warmup=0, block=3)
+    # 5 counted runs, 2 per block of 3: 3 rounds of A A A B B B
+    assert len(calls) == 18 and calls[:3] == [calls[0]] * 3 and calls[3:6] == [calls[3]] * 3 != calls[:3]
+    assert len(lat) == 2 and lat[0].ratio_to_first == 1.0
+    with pytest.raises(OnnxCompressError, match="block must be >= 1"):
+        bench_models([small_model_path], feed, 1, runs=5, block=0)
+    r = invoke("bench", small_model_path, "--runs", 2, "--warmup", 0, "--block", 2, "--json")
+    assert r.exit_code == 0 and len(json.loads(r.output)) == 1
 
 
 def test_optimize_with_calibration_reports_zero_fractions(small_model_path, tmp_path):

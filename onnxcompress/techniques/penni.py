@@ -145,7 +145,8 @@ class Penni(Technique):
               # one basis refit: on the ResNet-18 twin, d=2 on every layer 94.05% -> 94.75% top-1 on 2,000 test digits,
               # for 12% more fitting time
               {"bases": 2, "coef_sparsity": 0.0, "portable": True, "basis_iterations": 1},
-              {"bases": 3, "coef_sparsity": 0.0, "portable": True, "basis_iterations": 1})
+              {"bases": 3, "coef_sparsity": 0.0, "portable": True, "basis_iterations": 1},
+              {"bases": 4, "coef_sparsity": 0.0, "portable": True, "basis_iterations": 1})
     quick = {"data_free": True}
     plan_summary = "basis kernels, sparse coefficients"
 
