@@ -262,6 +262,27 @@ def test_auto_on_digits_cnn_with_labels(tmp_path):
     assert set(_ours(result.model)) <= set(convs[1:4])
 
 
+def test_grow_adds_layers_fitted_on_the_plan_while_the_budget_holds():
+    """Step 5b: the layers the plan would take next are fitted sequentially into it one at a time,
+    kept while the model (measured in ORT) meets the budget; it stops after GROW_MISSES misses."""
+    from onnxcompress.plan.budget import Budget, Evaluator
+    from onnxcompress.plan.planner import GROW_MISSES, _canonical, _grow, _provided
+
+    canon = _canonical(modelgen.small_resnet())
+    feeds = _feeds(canon, 16)
+    convs = [n.name for n in canon.graph.node if n.op_type == "Conv"]
+    c = candidate_list("cluspa")[0]
+    grow = [Measured(n, c.label, 1.0, 0.01) for n in convs[:4]]
+    evaluator = Evaluator(canon, feeds, confidence=0.0)
+    for floor, want in ((-1.0, 4), (1.0 + 1e-9, 0)):  # any cosine holds / none can
+        chosen, records, notes, said = {}, {}, [], []
+        out = _grow(canon, canon, chosen, grow, records, {}, feeds, evaluator, Budget(min_cosine=floor, confidence=0.0),
+                    False, {c.label: c}, _provided(), said.append, notes)
+        assert len(chosen) == want and set(records) == set(chosen) and set(_ours(out)) == set(chosen)
+        assert len(said) == (4 if want else GROW_MISSES)  # one measurement per layer tried
+        assert bool(notes) == bool(want)
+
+
 def test_agreement_budget_is_measured_on_the_eval_inputs(tmp_path):
     """--eval with an agreement budget: the plan's agreement on the --eval inputs is what ORT gives
     for the written model against the original on them, and the budget is shown there too."""

@@ -13,7 +13,9 @@
 5. The chosen plan fitted sequentially (each layer on the inputs of the model as already
    compressed, against the original's outputs); if it misses the budget, the most damaging
    layers (by their error alone) are given back to their original form until it holds; the
-   plan with the larger measured saving of this and the spliced one is kept.
+   plan with the larger measured saving of this and the spliced one is kept. Where nothing was
+   given back, the layers the plan would take next are fitted into it one at a time (5b,
+   `_grow`), each kept while the budget holds.
 6. The guarantee on the written model itself (activations fused): it meets the budget on the
    validation part and is not slower than the original at the planning thread count; layers
    are given back until both hold, and where none is left the canonicalised original is
@@ -52,6 +54,43 @@ class PlanResult:
     layers: list[dict[str, Any]]
     settings: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+GROW_MISSES = 3  # step 5b stops after this many layers in a row that miss the budget
+
+
+def _grow(model, canon, chosen, grow, seq_records, finishing, fit_feeds, evaluator, budget, with_eval, by_label,
+          provided, say, notes):
+    """Step 5b. The plan was cut where layers fitted independently, each on the original's
+    activations, first missed the budget; fitted sequentially they err less (each on the
+    inputs of the model as already compressed), so the sequential plan may hold more. The
+    layers the plan would have taken next (`grow`, in order) are fitted sequentially one at a
+    time into `model`, each kept where the model still meets the budget; it stops after
+    GROW_MISSES misses in a row. Updates `chosen`, `seq_records` and `finishing` in place."""
+    added, misses = [], 0
+    for m in grow:
+        if misses >= GROW_MISSES:
+            break
+        c = by_label[m.label]
+        trial, recs, fin = KINDS[c.kind].apply(model, c.opts, [m.layer], fit_feeds, canon, False, provided)
+        if recs.get(m.layer) is None:
+            continue
+        meas = evaluator.measure(trial, with_eval=with_eval)
+        ok = budget.holds(meas)
+        say(f"auto: sequential plan and {m.layer} ({m.label}): {meas.as_dict()} {'meets' if ok else 'misses'} "
+            "the budget")
+        if not ok:
+            misses += 1
+            continue
+        misses = 0
+        model, chosen[m.layer], seq_records[m.layer] = trial, m, recs[m.layer]
+        for p in fin:
+            finishing.setdefault(type(p).__name__, p)
+        added.append(m.layer)
+    if added:
+        notes.append(f"{len(added)} layer(s) added to the sequentially fitted plan, each fitted on it and "
+                     f"measured within the budget: {', '.join(added)}")
+    return model
 
 
 def _provided():
@@ -284,6 +323,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     k_best = longest_passing(len(path), passes_k) if path else 0
     chosen = dict(path[k_best - 1]) if k_best else {}
+    # what the plan would take next, in order: the layers later steps of the path add (step 5b)
+    grow: list[Measured] = []
+    for step in path[k_best:]:
+        grow += [m for n, m in step.items() if n not in chosen and all(g.layer != n for g in grow)]
     why_not: dict[str, str] = {}
     plan_source = f"Lagrangian path, step {k_best} of {len(path)}" if chosen else ""
 
@@ -347,6 +390,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         if saving > best_saving:
             chosen, best_saving = plan_k, saving
             plan_source = f"{c.label} on {k} of {len(eligible)} layers (timed as a whole: {saving:.3f}x)"
+            grow = [plan_s[n] for n in gentle[k:]]
     if chosen:
         notes.append(f"plan before the sequential refit: {plan_source}")
 
@@ -399,6 +443,9 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             candidate_model = revert(current, canon, set(chosen) - kept)
             plan_kind = "sequential"
             chosen = {n: chosen[n] for n in kept}
+            if not given and grow:  # nothing given back: the budget may hold more
+                candidate_model = _grow(candidate_model, canon, chosen, grow, seq_records, finishing, fit_feeds,
+                                        evaluator, budget, with_eval, by_label, provided, say, notes)
         else:
             notes.append(f"the sequential refit kept {len(kept)} of {len(chosen)} layers within the budget "
                          f"(saving {seq_saved:.3f} ms, timed); the independently fitted "
