@@ -32,6 +32,10 @@ class _Auto(Technique):
                "cosine budget must be shown on it too, as on the validation inputs; the plan is chosen on it, so "
                "report accuracy on other data"),
         Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
+        Option("grow", bool, False, "auto: where the sequentially fitted plan meets the budget with every layer, "
+               "fit the layers it would take next into it one at a time, each kept while the budget holds (more "
+               "layers, judged again on the same validation and --eval data: off by default, see "
+               "docs/results.md)", is_flag=True),
         Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
                "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "
                "to"),

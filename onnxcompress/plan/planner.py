@@ -14,8 +14,8 @@
    compressed, against the original's outputs); if it misses the budget, the most damaging
    layers (by their error alone) are given back to their original form until it holds; the
    plan with the larger measured saving of this and the spliced one is kept. Where nothing was
-   given back, the layers the plan would take next are fitted into it one at a time (5b,
-   `_grow`), each kept while the budget holds.
+   given back and `grow` is asked for (--grow), the layers the plan would take next are
+   fitted into it one at a time (5b, `_grow`), each kept while the budget holds.
 6. The guarantee on the written model itself (activations fused): it meets the budget on the
    validation part and is not slower than the original at the planning thread count; layers
    are given back until both hold, and where none is left the canonicalised original is
@@ -138,7 +138,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                val_fraction: float = DEFAULT_VAL_FRACTION, confidence: float = DEFAULT_CONFIDENCE, seed: int = 0,
                timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
-               report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False,
+               report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False, grow: bool = False,
                progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plans, fits and proves the fastest model within the budget; see the module docstring.
 
@@ -324,9 +324,9 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     k_best = longest_passing(len(path), passes_k) if path else 0
     chosen = dict(path[k_best - 1]) if k_best else {}
     # what the plan would take next, in order: the layers later steps of the path add (step 5b)
-    grow: list[Measured] = []
+    grow_order: list[Measured] = []
     for step in path[k_best:]:
-        grow += [m for n, m in step.items() if n not in chosen and all(g.layer != n for g in grow)]
+        grow_order += [m for n, m in step.items() if n not in chosen and all(g.layer != n for g in grow_order)]
     why_not: dict[str, str] = {}
     plan_source = f"Lagrangian path, step {k_best} of {len(path)}" if chosen else ""
 
@@ -390,7 +390,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         if saving > best_saving:
             chosen, best_saving = plan_k, saving
             plan_source = f"{c.label} on {k} of {len(eligible)} layers (timed as a whole: {saving:.3f}x)"
-            grow = [plan_s[n] for n in gentle[k:]]
+            grow_order = [plan_s[n] for n in gentle[k:]]
     if chosen:
         notes.append(f"plan before the sequential refit: {plan_source}")
 
@@ -443,8 +443,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             candidate_model = revert(current, canon, set(chosen) - kept)
             plan_kind = "sequential"
             chosen = {n: chosen[n] for n in kept}
-            if not given and grow:  # nothing given back: the budget may hold more
-                candidate_model = _grow(candidate_model, canon, chosen, grow, seq_records, finishing, fit_feeds,
+            if grow and not given and grow_order:  # nothing given back: the budget may hold more
+                candidate_model = _grow(candidate_model, canon, chosen, grow_order, seq_records, finishing, fit_feeds,
                                         evaluator, budget, with_eval, by_label, provided, say, notes)
         else:
             notes.append(f"the sequential refit kept {len(kept)} of {len(chosen)} layers within the budget "
