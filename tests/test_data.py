@@ -137,7 +137,6 @@ def test_mnist_val_and_test_split_the_heldout_digits():
     assert np.bincount(yv).tolist() == [100] * 10
     val, test = {i.tobytes() for i in xv}, {i.tobytes() for i in xt}
     assert not val & test and val | test == {i.tobytes() for i in xh}
-    assert np.bincount(yv).tolist() + np.bincount(yt).tolist() != [] and \
-        (np.bincount(yv) + np.bincount(yt)).tolist() == np.bincount(yh).tolist()
+    assert (np.bincount(yv) + np.bincount(yt)).tolist() == np.bincount(yh).tolist()
     x, y = dataset_arrays("mnist-val")
     assert x.shape == (1000, 1, 28, 28) and np.array_equal(y, yv)

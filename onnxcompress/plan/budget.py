@@ -340,9 +340,11 @@ class Evaluator:
         scores = outputs[0]
         return np.argmax(scores.reshape(len(scores), -1), axis=1) == self.eval_data[1]
 
-    def _against(self, reference: list[np.ndarray], outs: list[np.ndarray]):
-        """(agreeing count of the least agreeing score output or None, per-input cosines of the output
-        of lowest mean cosine, largest relative error) of `outs` against `reference`."""
+    def _against(self, reference: list[np.ndarray], outs: list[np.ndarray], n: int):
+        """(agreement, its lower bound, cosine, its lower bound, relative error) of `outs` against
+        `reference` on `n` inputs: agreement of the least agreeing score output (None without one),
+        mean per-input cosine of the output of lowest mean (None without outputs), both bounded at
+        `confidence`; the largest relative error."""
         agree_k, cosine, cos_rows, rel = None, 1.0, None, 0.0
         for ref, out, score in zip(reference, outs, self.score):
             if ref.shape != out.shape:
@@ -355,7 +357,12 @@ class Evaluator:
                 cosine, cos_rows = float(np.mean(rows)), rows
             d = (out.astype(np.float64) - ref).ravel()
             rel = max(rel, float(d @ d) / max(float(np.sum(ref.astype(np.float64) ** 2)), 1e-300))
-        return agree_k, cos_rows, rel
+        agreement = agreement_lo = cosine_mean = cosine_lo = None
+        if agree_k is not None:
+            agreement, agreement_lo = agree_k / n, agreement_lower(agree_k, n, self.confidence)
+        if cos_rows is not None:
+            cosine_mean, cosine_lo = min(cosine, 1.0), mean_lower(cos_rows, self.confidence)
+        return agreement, agreement_lo, cosine_mean, cosine_lo, rel
 
     def measure(self, model: onnx.ModelProto, with_eval: bool = True, screen: bool = False) -> Measurement:
         """The model against the original on the validation inputs (`screen`: on the first
@@ -368,13 +375,9 @@ class Evaluator:
         session = _session(proto.SerializeToString(), self.threads)
         feeds, reference, samples = ((self.screen_feeds, self.screen_reference, self.screen_samples) if screen
                                      else (self.val_feeds, self.reference, self.samples))
-        agree_k, cos_rows, rel = self._against(reference, _run_all(session, feeds))
-        cosine = min(float(np.mean(cos_rows)), 1.0) if cos_rows is not None else 1.0
-        m = Measurement(None if agree_k is None else agree_k / samples, cosine, rel, samples,
-                        confidence=self.confidence)
-        if agree_k is not None:
-            m.agreement_lower = agreement_lower(agree_k, samples, self.confidence)
-        m.cosine_lower = mean_lower(cos_rows, self.confidence) if cos_rows is not None else 1.0
+        agreement, agreement_lo, cosine, cosine_lo, rel = self._against(reference, _run_all(session, feeds), samples)
+        m = Measurement(agreement, 1.0 if cosine is None else cosine, rel, samples, confidence=self.confidence,
+                        agreement_lower=agreement_lo, cosine_lower=1.0 if cosine_lo is None else cosine_lo)
         if with_eval and self.eval_data is not None:
             outs = self._eval_outputs(session)
             correct = self._correct(outs)
@@ -386,9 +389,6 @@ class Evaluator:
             m.eval_drop = 100.0 * (self.eval_top1 - m.eval_top1)
             # conservative: the lost rate at its upper bound, less what was gained
             m.eval_drop_upper = 100.0 * (rate_upper(lost, n, self.confidence) - gained / n)
-            k, rows, _ = self._against(self.eval_reference, outs)
-            if k is not None:
-                m.eval_agreement, m.eval_agreement_lower = k / n, agreement_lower(k, n, self.confidence)
-            if rows is not None:
-                m.eval_cosine, m.eval_cosine_lower = min(float(np.mean(rows)), 1.0), mean_lower(rows, self.confidence)
+            (m.eval_agreement, m.eval_agreement_lower, m.eval_cosine, m.eval_cosine_lower,
+             _) = self._against(self.eval_reference, outs, n)
         return m
