@@ -283,6 +283,52 @@ def test_grow_adds_layers_fitted_on_the_plan_while_the_budget_holds():
         assert bool(notes) == bool(want)
 
 
+def test_path_refit_bisects_later_steps_on_sequential_fits():
+    """Step 5a: the path's later steps, each fitted sequentially (in ORT, real fits), bisected; the
+    longest step whose sequential fit meets the budget is returned with that fit, or None."""
+    from onnxcompress.plan.planner import _canonical, _extend_on_path, _fit_sequentially, _provided
+
+    canon = _canonical(modelgen.small_resnet())
+    feeds = _feeds(canon, 16)
+    order = [n.name for n in canon.graph.node if n.op_type == "Conv"]
+    c = candidate_list("cluspa")[0]
+    path = [{n: Measured(n, c.label, 1.0, 0.01) for n in order[:k]} for k in range(1, len(order) + 1)]
+    fitted_steps = []
+
+    def fit(plan):
+        fitted_steps.append(len(plan))
+        return _fit_sequentially(canon, plan, order, {c.label: c}, feeds, _provided())
+
+    class Count(int):
+        def as_dict(self):
+            return {"ours": int(self)}
+
+    class CountOurs:  # the "measurement": how many layers of ours the model runs
+        @staticmethod
+        def measure(model, with_eval=False):
+            return Count(len(_ours(model)))
+
+    class AtMost:
+        def __init__(self, n):
+            self.n = n
+
+        def holds(self, count):
+            return count <= self.n
+
+    assert len(order) >= 4
+    for limit in (len(order), 3, 1):
+        fitted_steps.clear()
+        said = []
+        out = _extend_on_path(path, 1, fit, CountOurs, AtMost(limit), False, said.append)
+        if limit == 1:
+            assert out is None
+        else:
+            k, (model, records, _) = out
+            assert k == limit and set(records) == set(order[:limit]) and set(_ours(model)) == set(order[:limit])
+        assert len(said) == len(fitted_steps) <= int(np.ceil(np.log2(len(order)))) + 1
+        assert all(s > 1 for s in fitted_steps)  # only later steps than the one given are fitted
+
+
 def test_agreement_budget_is_measured_on_the_eval_inputs(tmp_path):
     """--eval with an agreement budget: the plan's agreement on the --eval inputs is what ORT gives
     for the written model against the original on them, and the budget is shown there too."""

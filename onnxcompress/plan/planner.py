@@ -14,8 +14,10 @@
    compressed, against the original's outputs); if it misses the budget, the most damaging
    layers (by their error alone) are given back to their original form until it holds; the
    plan with the larger measured saving of this and the spliced one is kept. Where nothing was
-   given back and `grow` is asked for (--grow), the layers the plan would take next are
-   fitted into it one at a time (5b, `_grow`), each kept while the budget holds.
+   given back, the path's later steps are bisected again, each fitted sequentially (5a,
+   `_extend_on_path`; off with `extend=False`, --no-path-refit); then, where `grow` is asked for
+   (--grow), the layers the plan would take next are fitted into it one at a time (5b,
+   `_grow`), each kept while the budget holds.
 6. The guarantee on the written model itself (activations fused): it meets the budget on the
    validation part and is not slower than the original at the planning thread count; layers
    are given back until both hold, and where none is left the canonicalised original is
@@ -93,6 +95,51 @@ def _grow(model, canon, chosen, grow, seq_records, finishing, fit_feeds, evaluat
     return model
 
 
+def _fit_sequentially(canon, plan, order, by_label, fit_feeds, provided):
+    """The plan (layer -> Measured) fitted layer after layer in network `order`, each on the
+    inputs of the model as already compressed, against the original's outputs: (model, records
+    by layer, finishing passes by name)."""
+    model, records, finishing = canon, {}, {}
+    groups: list[tuple[str, list[str]]] = []  # runs of consecutive chosen layers with one setting
+    for n in [n for n in order if n in plan]:
+        if groups and groups[-1][0] == plan[n].label:
+            groups[-1][1].append(n)
+        else:
+            groups.append((plan[n].label, [n]))
+    for label, names in groups:
+        c = by_label[label]
+        model, recs, fin = KINDS[c.kind].apply(model, c.opts, names, fit_feeds, canon, False, provided)
+        for p in fin:
+            finishing.setdefault(type(p).__name__, p)
+        records.update({name: recs[name] for name in names if recs.get(name) is not None})
+    return model, records, finishing
+
+
+def _extend_on_path(path, k_best, fit_sequentially, evaluator, budget, with_eval, say):
+    """Step 5a. The path was bisected on independently fitted layers (each on the original's
+    activations), which err more than the sequential fit that is written; where that fit of
+    step `k_best` met the budget, the later steps are bisected again, each fitted sequentially.
+    Returns (the longest passing step, (its model, records, finishing passes)), or None where no
+    later step meets the budget."""
+    best = None
+
+    def passes(j: int) -> bool:
+        nonlocal best
+        k = k_best + j
+        t0 = time.perf_counter()
+        fitted = fit_sequentially(path[k - 1])
+        m = evaluator.measure(fitted[0], with_eval=with_eval)
+        ok = budget.holds(m)
+        say(f"auto: path step {k}/{len(path)} ({len(path[k - 1])} layers) fitted sequentially "
+            f"({time.perf_counter() - t0:.1f}s): {m.as_dict()} {'meets' if ok else 'misses'} the budget")
+        if ok:
+            best = (k, fitted)  # bisection passes on increasing steps: the last pass is the longest
+        return ok
+
+    longest_passing(len(path) - k_best, passes)
+    return best
+
+
 def _provided():
     from ..passes import canonicalize
 
@@ -139,6 +186,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
                report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False, grow: bool = False,
+               extend: bool = True,
                progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plans, fits and proves the fastest model within the budget; see the module docstring.
 
@@ -395,28 +443,17 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         notes.append(f"plan before the sequential refit: {plan_source}")
 
     # ---------------------------------------------------------------- 5. sequential fit, back-off
+    def fit_sequentially(plan: dict[str, Measured]):
+        return _fit_sequentially(canon, plan, order, by_label, fit_feeds, provided)
+
     finishing: dict[str, Any] = {}
     seq_records: dict[str, Any] = {}
     candidate_model = canon
     plan_kind = "none"
     if chosen:
         spliced_model = splice(canon, [replacements[(n, m.label)] for n, m in chosen.items()])
-        current = canon
-        groups: list[tuple[str, list[str]]] = []  # runs of consecutive chosen layers with one setting
-        for n in [n for n in order if n in chosen]:
-            if groups and groups[-1][0] == chosen[n].label:
-                groups[-1][1].append(n)
-            else:
-                groups.append((chosen[n].label, [n]))
         t0 = time.perf_counter()
-        for label, names in groups:
-            c = by_label[label]
-            current, recs, fin = KINDS[c.kind].apply(current, c.opts, names, fit_feeds, canon, False, provided)
-            for p in fin:
-                finishing.setdefault(type(p).__name__, p)
-            for name in names:
-                if recs.get(name) is not None:
-                    seq_records[name] = recs[name]
+        current, seq_records, finishing = fit_sequentially(chosen)
         say(f"auto: plan of {len(chosen)} layers fitted sequentially in {time.perf_counter() - t0:.1f}s")
         damage = sorted(chosen, key=lambda n: -chosen[n].error)
         seq_trials: dict[frozenset, Measurement] = {}
@@ -443,6 +480,19 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             candidate_model = revert(current, canon, set(chosen) - kept)
             plan_kind = "sequential"
             chosen = {n: chosen[n] for n in kept}
+            if extend and not given and plan_source.startswith("Lagrangian") and k_best < len(path):
+                ext = _extend_on_path(path, k_best, fit_sequentially, evaluator, budget, with_eval, say)
+                if ext is not None:
+                    k_seq, (candidate_model, seq_records, fins) = ext
+                    finishing.update(fins)
+                    notes.append(f"the sequentially fitted plan met the budget at path step {k_best}; fitted "
+                                 f"sequentially, step {k_seq} of {len(path)} meets it too (step 5a)")
+                    chosen = dict(path[k_seq - 1])
+                    plan_source = f"Lagrangian path, step {k_seq} of {len(path)}, fitted sequentially"
+                    grow_order = []
+                    for step in path[k_seq:]:
+                        grow_order += [m for n, m in step.items()
+                                       if n not in chosen and all(g.layer != n for g in grow_order)]
             if grow and not given and grow_order:  # nothing given back: the budget may hold more
                 candidate_model = _grow(candidate_model, canon, chosen, grow_order, seq_records, finishing, fit_feeds,
                                         evaluator, budget, with_eval, by_label, provided, say, notes)
