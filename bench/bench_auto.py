@@ -70,8 +70,8 @@ def run_auto(model_path, out_path, report_path, calib_npz, eval_npz, args) -> di
         cmd += ["--candidates", args.candidates]
     if args.grow:
         cmd += ["--grow"]
-    if args.no_path_refit:
-        cmd += ["--no-path-refit"]
+    if args.path_refit:
+        cmd += ["--path-refit"]
     start = time.perf_counter()
     log = Path(report_path).with_suffix(".log")
     with open(log, "w") as fh:  # progress lines (stderr) and the report (stdout), as they come
@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--candidates", default=None, help=f"kinds (default: {','.join(list(KINDS) + list(STAGES))})")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--grow", action="store_true", help="auto's --grow (step 5b of the planner)")
-    ap.add_argument("--no-path-refit", action="store_true", help="auto's --no-path-refit (no step 5a)")
+    ap.add_argument("--path-refit", action="store_true", help="auto's --path-refit (step 5a of the planner)")
     ap.add_argument("--block", type=int, default=1,
                     help="runs of one model back to back per round (onnxcompress.evaluation.bench_models)")
     ap.add_argument("--timing-cache", default=str(Path(tempfile.gettempdir()) / "onnxcompress_bench_timings.json"))

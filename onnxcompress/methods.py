@@ -36,9 +36,10 @@ class _Auto(Technique):
                "fit the layers it would take next into it one at a time, each kept while the budget holds (more "
                "layers, judged again on the same validation and --eval data: off by default, see "
                "docs/results.md)", is_flag=True),
-        Option("no_path_refit", bool, False, "auto: do not bisect the path's later steps again, fitted "
-               "sequentially, where the sequential fit of the step chosen on independent fits meets the budget "
-               "(step 5a)", is_flag=True),
+        Option("path_refit", bool, False, "auto: where the sequential fit of the path step chosen on independent "
+               "fits meets the budget with every layer, bisect the later steps again, each fitted sequentially "
+               "(step 5a: more layers, judged again on the same validation and --eval data: off by default, see "
+               "docs/results.md)", is_flag=True),
         Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
                "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "
                "to"),

@@ -14,8 +14,8 @@
    compressed, against the original's outputs); if it misses the budget, the most damaging
    layers (by their error alone) are given back to their original form until it holds; the
    plan with the larger measured saving of this and the spliced one is kept. Where nothing was
-   given back, the path's later steps are bisected again, each fitted sequentially (5a,
-   `_extend_on_path`; off with `extend=False`, --no-path-refit); then, where `grow` is asked for
+   given back and `extend` is asked for (--path-refit), the path's later steps are bisected
+   again, each fitted sequentially (5a, `_extend_on_path`); then, where `grow` is asked for
    (--grow), the layers the plan would take next are fitted into it one at a time (5b,
    `_grow`), each kept while the budget holds.
 6. The guarantee on the written model itself (activations fused): it meets the budget on the
@@ -186,7 +186,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
                report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False, grow: bool = False,
-               extend: bool = True,
+               extend: bool = False,
                progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plans, fits and proves the fastest model within the budget; see the module docstring.
 
