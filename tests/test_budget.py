@@ -8,7 +8,7 @@ from scipy.stats import beta, t
 
 from onnxcompress.errors import OnnxCompressError
 from onnxcompress.plan.budget import (FIT_LIMIT, Budget, Measurement, agreement_lower, inputs_to_show, mean_lower,
-                                      rate_upper, split_feeds)
+                                      rate_upper, split_feeds, drop_upper)
 
 
 def test_agreement_lower_is_clopper_pearson():
@@ -19,6 +19,25 @@ def test_agreement_lower_is_clopper_pearson():
     assert rate_upper(0, 100, 0.95) == pytest.approx(1 - 0.05 ** (1 / 100))
     # the bound tightens with more inputs at the same rate
     assert agreement_lower(99, 100, 0.95) < agreement_lower(990, 1000, 0.95) < 0.99
+
+
+def test_drop_upper_covers_the_true_drop():
+    """The drop's bound conditions on the inputs where the two models differ (exact McNemar):
+    closed forms at the ends, and seeded simulations of paired outcomes in which it covers the
+    true drop at least as often as asked, where bounding the lost rate alone does not."""
+    assert drop_upper(0, 0, 1000, 0.95) == 0.0
+    assert drop_upper(3, 0, 1000, 0.95) == pytest.approx(3 / 1000)  # every differing input lost: all of them
+    assert drop_upper(0, 3, 1000, 0.95) == pytest.approx((2 * (1 - 0.05 ** (1 / 3)) - 1) * 3 / 1000)
+    assert drop_upper(6, 4, 1000, 0.0) == pytest.approx(2 / 1000)  # no confidence: the sample's drop
+    assert drop_upper(20, 20, 1000, 0.95) > 0 > drop_upper(5, 40, 1000, 0.95)
+    rng = np.random.default_rng(0)
+    n, p_lost, p_gained, trials = 1000, 0.02, 0.015, 4000
+    true_drop = p_lost - p_gained
+    outcome = rng.choice(3, size=(trials, n), p=[p_lost, p_gained, 1 - p_lost - p_gained])
+    lost, gained = (outcome == 0).sum(1), (outcome == 1).sum(1)
+    ours = np.mean([drop_upper(int(a), int(b), n, 0.95) >= true_drop for a, b in zip(lost, gained)])
+    lost_only = np.mean([rate_upper(int(a), n, 0.95) - b / n >= true_drop for a, b in zip(lost, gained)])
+    assert ours >= 0.95 and lost_only < 0.93
 
 
 def test_mean_lower_is_student_t():
