@@ -43,11 +43,11 @@ sys.path.insert(0, str(REPO))
 
 from onnxcompress.evaluation import bench_models, evaluate_accuracy  # noqa: E402
 from onnxcompress.inputs import AUTO_CALIB_LIMIT, dataset_arrays  # noqa: E402
-from onnxcompress.sampling import sample_indices  # noqa: E402
 from onnxcompress.model_io import load_model, prepare_for_runtime, save_model  # noqa: E402
 from onnxcompress.optimizer import optimize  # noqa: E402
 from onnxcompress.plan.candidates import KINDS, candidate_list  # noqa: E402
 from onnxcompress.plan.stages import STAGES, split_kinds  # noqa: E402
+from onnxcompress.sampling import sample_indices  # noqa: E402
 from onnxcompress.table import format_table  # noqa: E402
 from _modelbench import machine_summary, ort_int8_defaults  # noqa: E402
 
@@ -89,12 +89,15 @@ def run_auto(model_path, out_path, report_path, calib_npz, eval_npz, args) -> di
 def bench_model(path: Path, args, work: Path) -> list[list]:
     model = load_model(path)
     xc, yc = dataset_arrays(f"{args.dataset}-train", args.calib, seed=0, model=model)
-    xs, ys = dataset_arrays(f"{args.dataset}-test", args.eval + args.test, seed=0, model=model)
-    xe, ye, xt, yt = xs[:args.eval], ys[:args.eval], xs[args.eval:], ys[args.eval:]
-    # every other test image (never in the selection or test part): the precise check
+    # the test set read once: a seeded class-balanced sample of it split into the selection and test
+    # parts (as dataset_arrays(name, count, seed=0) samples), and every other image (the precise check)
     xa, ya = dataset_arrays(f"{args.dataset}-test", model=model)
+    count = args.eval + args.test
+    taken = sample_indices(len(xa), count, ya, 0) if count < len(xa) else np.arange(len(xa))
+    xs, ys = xa[taken], ya[taken]
+    xe, ye, xt, yt = xs[:args.eval], ys[:args.eval], xs[args.eval:], ys[args.eval:]
     rest = np.ones(len(xa), bool)
-    rest[sample_indices(len(xa), args.eval + args.test, ya, 0)] = False
+    rest[taken] = False
     xo, yo = xa[rest], ya[rest]
     calib_npz, eval_npz = work / "calib.npz", work / "eval.npz"
     np.savez(calib_npz, input=xc, y=yc)
@@ -161,8 +164,9 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
         if meets and (best is None or sp_c[1] > best[1]):
             best = (label, sp_c[1])
     rows.append([path.name, f"auto ({plan['layers_replaced']}/{plan['conv_layers']} layers)", f"{100 * a_e:.2f}",
-                 f"{100 * a_t:.2f}", f"{100 * a_o:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}", "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9
-                 else "no", f"{auto['seconds']:.0f}", f"{auto['peak_rss_mb']:.0f}"])
+                 f"{100 * a_t:.2f}", f"{100 * a_o:.2f}", f"{sp[1]:.3f}", f"{sp[2]:.3f}",
+                 "yes" if base_e - a_e <= args.max_drop / 100 + 1e-9 else "no", f"{auto['seconds']:.0f}",
+                 f"{auto['peak_rss_mb']:.0f}"])
     verdict = (f"best single setting within {args.max_drop} points: {best[0]} at {best[1]:.3f}x (1 thread); auto "
                f"{sp[1]:.3f}x" if best else f"no single setting within {args.max_drop} points; auto {sp[1]:.3f}x")
     rows.append([path.name, verdict, "", "", "", "", "", "", "", ""])

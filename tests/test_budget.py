@@ -7,8 +7,8 @@ import pytest
 from scipy.stats import beta, t
 
 from onnxcompress.errors import OnnxCompressError
-from onnxcompress.plan.budget import (FIT_LIMIT, Budget, Measurement, agreement_lower, inputs_to_show, mean_lower,
-                                      rate_upper, split_feeds, drop_upper)
+from onnxcompress.plan.budget import (FIT_LIMIT, Budget, Measurement, agreement_lower, drop_upper, inputs_to_show,
+                                      mean_lower, rate_upper, split_feeds)
 
 
 def test_agreement_lower_is_clopper_pearson():

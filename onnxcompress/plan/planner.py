@@ -95,6 +95,15 @@ def _grow(model, canon, chosen, grow, seq_records, finishing, fit_feeds, evaluat
     return model
 
 
+def _taken_next(path, k, chosen) -> list[Measured]:
+    """What the plan of path step `k` would take next, in order: the layers the later steps add
+    that `chosen` does not hold, each once (step 5b)."""
+    order: list[Measured] = []
+    for step in path[k:]:
+        order += [m for n, m in step.items() if n not in chosen and all(g.layer != n for g in order)]
+    return order
+
+
 def _fit_sequentially(canon, plan, order, by_label, fit_feeds, provided):
     """The plan (layer -> Measured) fitted layer after layer in network `order`, each on the
     inputs of the model as already compressed, against the original's outputs: (model, records
@@ -372,9 +381,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     k_best = longest_passing(len(path), passes_k) if path else 0
     chosen = dict(path[k_best - 1]) if k_best else {}
     # what the plan would take next, in order: the layers later steps of the path add (step 5b)
-    grow_order: list[Measured] = []
-    for step in path[k_best:]:
-        grow_order += [m for n, m in step.items() if n not in chosen and all(g.layer != n for g in grow_order)]
+    grow_order = _taken_next(path, k_best, chosen)
     why_not: dict[str, str] = {}
     plan_source = f"Lagrangian path, step {k_best} of {len(path)}" if chosen else ""
 
@@ -489,10 +496,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                                  f"sequentially, step {k_seq} of {len(path)} meets it too (step 5a)")
                     chosen = dict(path[k_seq - 1])
                     plan_source = f"Lagrangian path, step {k_seq} of {len(path)}, fitted sequentially"
-                    grow_order = []
-                    for step in path[k_seq:]:
-                        grow_order += [m for n, m in step.items()
-                                       if n not in chosen and all(g.layer != n for g in grow_order)]
+                    grow_order = _taken_next(path, k_seq, chosen)
             if grow and not given and grow_order:  # nothing given back: the budget may hold more
                 candidate_model = _grow(candidate_model, canon, chosen, grow_order, seq_records, finishing, fit_feeds,
                                         evaluator, budget, with_eval, by_label, provided, say, notes)
