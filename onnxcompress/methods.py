@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator
 
 from .errors import OnnxCompressError
+from .plan.budget import DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_FRACTION
 from .techniques import TECHNIQUES, Technique
 from .techniques.base import (  # noqa: F401 - the options shared by several methods, importable from here
     CALIB_ROWS, COMMON_OPTIONS, CRITERION, DATA_FREE, MIN_COSINE, PORTABLE, SEED, THREADS, Option,
@@ -32,6 +33,11 @@ class _Auto(Technique):
                "cosine budget must be shown on it too, as on the validation inputs; the plan is chosen on it, so "
                "report accuracy on other data"),
         Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
+        Option("confirm_fraction", float, DEFAULT_CONFIRM_FRACTION, "auto with --max-drop: share of the --eval samples (seeded, "
+               "class-balanced) held out of planning and looked at once, for the written model: the drop the "
+               "report states is measured there; where it misses the budget, layers are given back until it "
+               "holds, each a further look that the stated bound allows for; 0: judge and report the drop on "
+               "the --eval samples planning chose on"),
         Option("grow", bool, False, "auto: where the sequentially fitted plan meets the budget with every layer, "
                "fit the layers it would take next into it one at a time, each kept while the budget holds (more "
                "layers, judged again on the same validation and --eval data: off by default, see "
@@ -40,10 +46,10 @@ class _Auto(Technique):
                "fits meets the budget with every layer, bisect the later steps again, each fitted sequentially "
                "(step 5a: more layers, judged again on the same validation and --eval data: off by default, see "
                "docs/results.md)", is_flag=True),
-        Option("val_fraction", float, 0.25, "auto: share of the calibration inputs held out for validation "
+        Option("val_fraction", float, DEFAULT_VAL_FRACTION, "auto: share of the calibration inputs held out for validation "
                "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "
                "to"),
-        Option("confidence", float, 0.95, "auto: the budget on the validation inputs must be shown at this "
+        Option("confidence", float, DEFAULT_CONFIDENCE, "auto: the budget on the validation inputs must be shown at this "
                "one-sided confidence (agreement: Clopper-Pearson lower bound; cosine: Student-t lower bound of "
                "the mean), not merely met by the sample; 0 judges the sample's own values"),
         Option("candidates", str, None, "auto: comma-separated candidate kinds to weigh (default: every kind: "

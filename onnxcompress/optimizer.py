@@ -202,7 +202,7 @@ def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_
                         kinds=opts["candidates"], threads=opts["threads"], val_fraction=opts["val_fraction"],
                         confidence=opts["confidence"], seed=opts["seed"], timing_cache=cache, progress=progress,
                         settings_points=settings_points, grow=opts["grow"],
-                        extend=opts["path_refit"])
+                        extend=opts["path_refit"], confirm_fraction=opts["confirm_fraction"])
     if verify:
         from .passes.base import verify_model
 

@@ -15,7 +15,7 @@ from onnxcompress.cli import main
 from onnxcompress.errors import OnnxCompressError
 from onnxcompress.inputs import random_feeds
 from onnxcompress.plan import plan_model
-from onnxcompress.plan.budget import split_feeds
+from onnxcompress.plan.budget import split_eval, split_feeds
 from onnxcompress.plan.candidates import KINDS, candidate_list
 from onnxcompress.plan.select import Measured, back_off, guarantee, lagrangian_path, longest_passing
 from onnxcompress.plan.splice import replacement_of, revert, splice
@@ -256,10 +256,113 @@ def test_auto_on_digits_cnn_with_labels(tmp_path):
                         settings_points=False)
     s = result.summary
     assert s["meets_budget"] and s["achieved"]["eval_drop"] <= 0.5
+    # half of --eval (seeded, balanced) was held out of planning: the achieved drop is on the other
+    # half, the confirmed one on it, each as ORT gives it for the written model
+    (xp, yp), (xc, yc) = split_eval((x, y), 0.5, seed=0)
+    assert len(yp) == len(yc) == 100 and s["achieved"]["eval_samples"] == 100
     sess = InferenceSession(result.model.SerializeToString())
-    acc = np.mean(np.argmax(sess.run(None, {"input": x})[0], 1) == y)
-    assert abs(100 * (s["original_eval_top1"] - acc) - s["achieved"]["eval_drop"]) < 1e-6
+    orig = InferenceSession(model.SerializeToString())
+
+    def drop(xs, ys):
+        top1 = [np.mean(np.argmax(m.run(None, {"input": xs})[0], 1) == ys) for m in (orig, sess)]
+        return 100 * (top1[0] - top1[1])
+
+    assert abs(drop(xp, yp) - s["achieved"]["eval_drop"]) < 1e-6
+    c = s["confirmed"]
+    assert c["samples"] == 100 and abs(drop(xc, yc) - c["drop"]) < 1e-6 and c["meets"] and c["drop"] <= 0.5
+    assert c["drop_upper"] >= c["drop"]
     assert set(_ours(result.model)) <= set(convs[1:4])
+
+
+def test_split_eval_holds_out_a_balanced_seeded_share():
+    x = np.arange(1000, dtype=np.float32).reshape(1000, 1)
+    y = np.repeat(np.arange(10), 100)  # sorted by class, as some datasets are
+    (xp, yp), (xc, yc) = split_eval((x, y), 0.3, seed=0)
+    assert len(yc) == 300 and len(yp) == 700
+    assert sorted(np.concatenate([xp, xc]).ravel().tolist()) == x.ravel().tolist()  # disjoint, complete
+    assert np.all(np.bincount(yc, minlength=10) == 30)
+    assert np.array_equal(split_eval((x, y), 0.3, seed=0)[1][0], xc)
+    assert not np.array_equal(split_eval((x, y), 0.3, seed=1)[1][0], xc)
+    with pytest.raises(OnnxCompressError, match="at least 100"):
+        split_eval((x[:150], y[:150]), 0.5)
+
+
+def test_confirm_bound_allows_for_the_looks():
+    """Each look at the held-out share widens the stated bound (Bonferroni): the same model looked
+    at twice is claimed to less the second time."""
+    from onnxcompress.plan.budget import Evaluator, drop_upper, looks_confidence
+
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 8)
+    x = np.concatenate([f["input"] for f in _feeds(model, 400, seed=3)])
+    sess = InferenceSession(model.SerializeToString())
+    pred = np.argmax(sess.run(None, {"input": x})[0].reshape(len(x), -1), 1)
+    y = pred.copy()
+    y[:40] = (y[:40] + 1) % 10  # the original wrong on 40 of them
+    ev = Evaluator(model, feeds, None, confirm_data=(x, y), confidence=0.95)
+    first, second = ev.confirm(model, 0.5), ev.confirm(model, 0.5)
+    assert first.drop == 0 and first.meets and first.looks == 1 and second.looks == 2
+    assert looks_confidence(0.95, 2) == pytest.approx(0.975)
+    assert first.drop_upper == drop_upper(0, 0, 400, 0.95) == 0.0 and second.drop_upper == 0.0
+    with pytest.raises(OnnxCompressError, match="held out"):
+        Evaluator(model, feeds, None).confirm(model, 0.5)
+
+
+def test_auto_gives_layers_back_where_the_held_out_share_of_eval_misses(monkeypatch):
+    """Step 8: planning sees only --eval digits the original is sure of (no layer of ours can flip
+    them), the held-out share only digits blended onto the original's decision boundary (any
+    change flips some): the planned model misses --max-drop 0 there, so layers are given back, each
+    a look at the held-out share, until the written model (run in ORT) loses nothing on it."""
+    import onnxcompress.plan.planner as planner
+    from onnxcompress.inputs import dataset_arrays
+    from onnxcompress.model_io import load_model
+
+    model = load_model("models/digits_cnn.onnx")
+    xs, ys = dataset_arrays("mnist-test", 400, seed=0, model=model)
+    # the reference is the canonicalised original (BatchNorm folded, ...), as the planner's
+    orig = InferenceSession(planner._canonical(model).SerializeToString())
+
+    def scores(x):
+        return orig.run(None, {"input": x})[0]
+
+    s0 = scores(xs)
+    top2 = np.sort(s0, 1)
+    margin = top2[:, -1] - top2[:, -2]
+    sure = np.argsort(-margin)[:120]
+    # pairs of digits of different predicted classes, blended by bisection onto the boundary
+    pred = np.argmax(s0, 1)
+    boundary = []
+    for i in range(0, 400, 2):
+        a, b = xs[i], xs[i + 1]
+        if pred[i] == pred[i + 1]:
+            continue
+        lo, hi = 0.0, 1.0
+        for _ in range(12):  # a margin ORT's rounding alone does not flip
+            mid = (lo + hi) / 2
+            if np.argmax(scores((a * (1 - mid) + b * mid)[None])) == pred[i]:
+                lo = mid
+            else:
+                hi = mid
+        boundary.append(a * (1 - lo) + b * lo)  # still the original's class, barely
+    xb = np.stack(boundary).astype(np.float32)
+    search = (xs[sure], pred[sure])  # labelled as the original predicts: it is right on all
+    held = (xb, np.argmax(scores(xb), 1))
+    monkeypatch.setattr(planner, "split_eval", lambda data, fraction, seed: (search, held))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
+    said = []
+    result = plan_model(model, feeds, max_drop=0.0, eval_data=(xs, ys), layers=convs[1:4],
+                        candidates=candidate_list("cluspa")[:1], timer=FakeTimer(), report_threads=(1,),
+                        progress=said.append)
+    s, c = result.summary, result.summary["confirmed"]
+    first = next(line for line in said if "on the " in line and "held-out --eval inputs:" in line)
+    assert "misses the budget" in first  # the planned model lost boundary digits
+    assert c["looks"] >= 2 and c["meets"] and c["drop"] == 0.0 and s["meets_budget"]
+    sess = InferenceSession(result.model.SerializeToString())
+    lost = np.sum((np.argmax(scores(held[0]), 1) == held[1]) & (np.argmax(sess.run(None, {"input": held[0]})[0], 1)
+                                                                 != held[1]))
+    assert lost == c["lost"] and c["drop"] <= 0.0  # as ORT gives it for the written model
+    assert any("held out of planning" in n for n in result.notes)
 
 
 def test_grow_adds_layers_fitted_on_the_plan_while_the_budget_holds():

@@ -14,8 +14,16 @@ lower bound of the mean per-input cosine. Sixteen validation inputs that all
 agree show agreement >= 0.83 only, so a budget of 0.99 cannot be shown on them
 and planning refuses at once (`Budget.require_resolvable`) instead of writing
 a model that meets 0.99 on sixteen inputs and 0.90 on unseen ones. --max-drop
-is judged on the user's --eval data as given (its size is the user's choice);
-its 95% upper bound is reported beside it.
+is judged on the part of the user's --eval data that planning looks at; a
+seeded, class-balanced share of it (`confirm_fraction`, half by default) is
+held out of planning and looked at once, for the written model: its drop there
+is what the report states, with its 95% upper bound. Planning looks at its
+part of --eval dozens of times (every step of every bisection) and keeps what
+passed, so the drop it sees is biased low: on ResNet-20 Fashion-MNIST a plan
+that lost -0.2 points on its 1,000 --eval images lost 0.73 on 8,000 others
+(docs/results.md). Where the written model misses the budget on the held-out
+share, layers are given back until it holds, each a further look, and the
+bound allows for the looks (Bonferroni).
 
 With --eval, an agreement or cosine budget must be shown on the --eval inputs
 too, by the same bounds. The validation part is drawn from the calibration
@@ -40,6 +48,8 @@ FIT_LIMIT = 256              # fitting inputs at most: what is left over validat
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_AGREEMENT = 0.99  # for score-vector outputs ([N, C], C >= 2)
 DEFAULT_MIN_COSINE = 0.99     # for other outputs
+DEFAULT_CONFIRM_FRACTION = 0.5  # the share of --eval held out of planning, for --max-drop
+MIN_CONFIRM_INPUTS = 100        # a held-out share smaller than this confirms too little to be worth its cost
 
 
 def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
@@ -77,6 +87,55 @@ def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAUL
         return [{k: v[idx[s:s + size]] for k, v in merged.items()} for s in range(0, len(idx), size)]
 
     return part(fit_idx, batch), part(val_idx, 32), fit_idx, val_idx
+
+
+def split_eval(eval_data: tuple[np.ndarray, np.ndarray], fraction: float,
+               seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(the part planning looks at, the held-out part) of labelled (x, y): the held-out part is
+    `fraction` of the samples, seeded and class-balanced (sampling.balanced_indices); both keep
+    the data's order."""
+    from ..sampling import balanced_indices
+
+    x, y = eval_data
+    if not 0.0 < fraction < 1.0:
+        raise OnnxCompressError(f"--confirm-fraction must be in (0, 1) to hold a share out, got {fraction}")
+    n = len(y)
+    n_confirm = int(round(n * fraction))
+    if n_confirm < MIN_CONFIRM_INPUTS or n - n_confirm < 1:
+        raise OnnxCompressError(
+            f"{n} --eval inputs hold {n_confirm} back to confirm --max-drop on (--confirm-fraction {fraction:g}): "
+            f"at least {MIN_CONFIRM_INPUTS} are needed, and some left to plan on. Give more --eval data "
+            "(--eval-limit), or --confirm-fraction 0 to judge the drop on the data planning chose on")
+    held = np.zeros(n, bool)
+    held[balanced_indices(y, n_confirm, seed + 1)] = True
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
+def looks_confidence(confidence: float, looks: int) -> float:
+    """The confidence each of `looks` bounds must have for all of them to hold at `confidence`
+    (Bonferroni)."""
+    return 1.0 - (1.0 - confidence) / max(1, looks)
+
+
+@dataclass
+class Confirmation:
+    """The written model on the held-out share of --eval, looked at `looks` times in all (one
+    unless the planner had to give layers back). `drop_upper` is at `confidence` for all looks
+    together (each bound at looks_confidence)."""
+
+    samples: int
+    original_top1: float
+    top1: float
+    drop: float          # points
+    drop_upper: float    # points
+    lost: int
+    gained: int
+    looks: int
+    confidence: float
+    meets: bool
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def agreement_lower(k: int, n: int, confidence: float) -> float:
@@ -312,8 +371,11 @@ class Evaluator:
     labelled evaluation data (x, y). `confidence` sets the bounds each Measurement carries."""
 
     def __init__(self, original: onnx.ModelProto, val_feeds: list[dict], eval_data=None, threads: int | None = 1,
-                 eval_batch: int = 64, confidence: float = DEFAULT_CONFIDENCE, screen_inputs: int = SCREEN_INPUTS):
+                 eval_batch: int = 64, confidence: float = DEFAULT_CONFIDENCE, screen_inputs: int = SCREEN_INPUTS,
+                 confirm_data=None):
         self.val_feeds = val_feeds
+        self.confirm_data = confirm_data  # labelled (x, y) held out of every measure(): see confirm()
+        self.confirm_looks = 0
         self.threads = threads
         self.eval_data = eval_data
         self.eval_batch = eval_batch
@@ -335,22 +397,50 @@ class Evaluator:
         self.eval_reference = self._eval_outputs(session) if eval_data is not None else None
         self.eval_correct = self._correct(self.eval_reference) if eval_data is not None else None
         self.eval_top1 = float(np.mean(self.eval_correct)) if eval_data is not None else None
+        self.confirm_correct = (self._correct(self._eval_outputs(session, confirm_data), confirm_data)
+                                if confirm_data is not None else None)
         self.count = 0
 
     @property
     def has_score_output(self) -> bool:
         return any(self.score)
 
-    def _eval_outputs(self, session) -> list[np.ndarray]:
-        """Every output of `session` on the --eval inputs, in batches of `eval_batch`."""
-        x = self.eval_data[0]
+    def _eval_outputs(self, session, data=None) -> list[np.ndarray]:
+        """Every output of `session` on the --eval inputs (or the labelled `data`), in batches of
+        `eval_batch`."""
+        x = (self.eval_data if data is None else data)[0]
         name = session.get_inputs()[0].name
         outs = [session.run(None, {name: x[s:s + self.eval_batch]}) for s in range(0, len(x), self.eval_batch)]
         return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
 
-    def _correct(self, outputs: list[np.ndarray]) -> np.ndarray:
+    def _correct(self, outputs: list[np.ndarray], data=None) -> np.ndarray:
         scores = outputs[0]
-        return np.argmax(scores.reshape(len(scores), -1), axis=1) == self.eval_data[1]
+        labels = (self.eval_data if data is None else data)[1]
+        return np.argmax(scores.reshape(len(scores), -1), axis=1) == labels
+
+    def _model_session(self, model: onnx.ModelProto):
+        from ..model_io import prepare_for_runtime
+
+        proto = prepare_for_runtime(onnx.ModelProto.FromString(model.SerializeToString()))
+        return _session(proto.SerializeToString(), self.threads)
+
+    def confirm(self, model: onnx.ModelProto, max_drop: float) -> Confirmation:
+        """The top-1 drop of `model` on the held-out share of --eval, which no measure() looks at.
+        Every call is one more look; the bound is at the evaluator's confidence for all the looks
+        made so far (Bonferroni), so a model that passes after several looks is not claimed to
+        more than the looks allow."""
+        if self.confirm_data is None:
+            raise OnnxCompressError("no --eval share was held out to confirm on")
+        self.confirm_looks += 1
+        correct = self._correct(self._eval_outputs(self._model_session(model), self.confirm_data), self.confirm_data)
+        n = len(correct)
+        lost = int(np.sum(self.confirm_correct & ~correct))
+        gained = int(np.sum(~self.confirm_correct & correct))
+        top0, top1 = float(np.mean(self.confirm_correct)), float(np.mean(correct))
+        drop = 100.0 * (top0 - top1)
+        conf = looks_confidence(self.confidence, self.confirm_looks) if self.confidence > 0 else 0.0
+        return Confirmation(n, top0, top1, drop, 100.0 * drop_upper(lost, gained, n, conf), lost, gained,
+                            self.confirm_looks, self.confidence, drop <= max_drop + 1e-9)
 
     def _against(self, reference: list[np.ndarray], outs: list[np.ndarray], n: int):
         """(agreement, its lower bound, cosine, its lower bound, relative error) of `outs` against
@@ -380,11 +470,8 @@ class Evaluator:
         """The model against the original on the validation inputs (`screen`: on the first
         SCREEN_INPUTS of them only, for ordering candidates, never for the budget) and, `with_eval`,
         on the --eval inputs."""
-        from ..model_io import prepare_for_runtime
-
         self.count += 1
-        proto = prepare_for_runtime(onnx.ModelProto.FromString(model.SerializeToString()))
-        session = _session(proto.SerializeToString(), self.threads)
+        session = self._model_session(model)
         feeds, reference, samples = ((self.screen_feeds, self.screen_reference, self.screen_samples) if screen
                                      else (self.val_feeds, self.reference, self.samples))
         agreement, agreement_lo, cosine, cosine_lo, rel = self._against(reference, _run_all(session, feeds), samples)

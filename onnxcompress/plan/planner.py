@@ -22,6 +22,11 @@
    validation part and is not slower than the original at the planning thread count; layers
    are given back until both hold, and where none is left the canonicalised original is
    written and the report says why.
+7. Whole-model stages (INT8) on the Convs the plan left, where they pay.
+8. With --max-drop, the share of --eval held out of planning (`confirm_fraction`) is looked at
+   once, for the written model: the drop the report states. Where it misses the budget there,
+   the least damaging layers of ours are kept (bisected), then the stage alone, then the
+   original, each a further look that the reported bound allows for.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ import numpy as np
 import onnx
 
 from ..errors import OnnxCompressError
-from .budget import (DEFAULT_CONFIDENCE, DEFAULT_VAL_FRACTION, Evaluator, Measurement, resolve_budget,
-                     split_feeds)
+from .budget import (DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_FRACTION, Evaluator, Measurement,
+                     resolve_budget, split_eval, split_feeds)
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
 from .splice import Replacement, replacement_of, revert, splice, splice_into
@@ -195,7 +200,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                timing_cache: str | None = None,
                timer: ModelTimer | None = None, runs: int = 30, final_runs: int = 60,
                report_threads: tuple[int, ...] = (1, 2), settings_points: bool = False, grow: bool = False,
-               extend: bool = False,
+               extend: bool = False, confirm_fraction: float = DEFAULT_CONFIRM_FRACTION,
                progress: Callable[[str], None] | None = None) -> PlanResult:
     """Plans, fits and proves the fastest model within the budget; see the module docstring.
 
@@ -224,7 +229,12 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     cands = candidates if candidates is not None else candidate_list(per_layer_kinds)
 
     fit_feeds, val_feeds, fit_idx, val_idx = split_feeds(calib_feeds, val_fraction, seed)
-    evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence)
+    if not 0.0 <= confirm_fraction < 1.0:
+        raise OnnxCompressError(f"--confirm-fraction must be in [0, 1) (0: no share held out), got {confirm_fraction}")
+    confirm_data = None
+    if eval_data is not None and max_drop is not None and confirm_fraction > 0:
+        eval_data, confirm_data = split_eval(eval_data, confirm_fraction, seed)
+    evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence, confirm_data=confirm_data)
     budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None,
                             confidence)
     budget.require_resolvable(len(val_idx), val_fraction, None if eval_data is None else len(eval_data[0]))
@@ -232,7 +242,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
         + (f" and the whole-model stage(s) {', '.join(stage_names)}" if stage_names else "")
         + f"; {len(fit_idx)} fitting and "
-        f"{len(val_idx)} validation inputs; budget: {budget.describe()}")
+        f"{len(val_idx)} validation inputs"
+        + (f"; --eval: {len(eval_data[1])} to plan on, {len(confirm_data[1])} held out to confirm the written "
+           "model on" if confirm_data is not None else "")
+        + f"; budget: {budget.describe()}")
 
     if timer is None:
         first = val_feeds[0]
@@ -632,6 +645,56 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         if o.note:
             notes.append(f"{o.stage} on the {o.base}: {o.note}")
 
+    # ---------------------------------------------------------------- 8. the held-out share of --eval
+    # Planning looked at its part of --eval at every step and kept what passed; the share held out
+    # of it is looked at here, once, for the written model. Where the drop there misses the budget,
+    # layers of ours go back (the least damaging kept, bisected), then the stage, each a look.
+    confirmation = None
+    if evaluator.confirm_data is not None:
+        confirmation = evaluator.confirm(final, budget.max_drop)
+        say(f"auto: the written model on the {confirmation.samples} held-out --eval inputs: "
+            f"{confirmation.as_dict()} {'meets' if confirmation.meets else 'misses'} the budget")
+        if not confirmation.meets:
+            first = confirmation
+            gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
+            looked: dict[int, Any] = {}
+
+            def confirms(k: int) -> bool:
+                looked[k] = evaluator.confirm(final_model(set(gentle[:k])), budget.max_drop)
+                say(f"auto: the {k} least damaging layers of ours, on the held-out --eval inputs: "
+                    f"{looked[k].as_dict()}")
+                return looked[k].meets
+
+            k = longest_passing(len(gentle) - 1, confirms) if len(gentle) > 1 else 0
+            if k:
+                final, confirmation, kept = final_model(set(gentle[:k])), looked[k], set(gentle[:k])
+                what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
+            else:
+                kept = set()
+                confirmation = evaluator.confirm(base_model, budget.max_drop) if base_stage is not None else None
+                if confirmation is not None and confirmation.meets:
+                    final, what = base_model, f"{base_stage.stage} on the original alone written"
+                else:
+                    final, what = canon, "the canonicalised original written"
+                    confirmation = evaluator.confirm(canon, budget.max_drop)
+            for n in set(chosen) - kept:
+                why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
+            chosen = {n: chosen[n] for n in kept}
+            if base_stage is not None and final is not canon:
+                staged = {n: base_stage.stage for n in base_stage.layers if n not in kept}
+                left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
+                plan_kind = (plan_kind.split(" + ")[0] + " + " if kept else "") + base_stage.stage
+            else:
+                staged, left_out = {}, {}
+                plan_kind = plan_kind.split(" + ")[0] if kept else "original"
+            final_m = evaluator.measure(final, with_eval=with_eval)
+            ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
+            final_speed = ref_ms / cand_ms
+            notes.append(f"the planned model lost {first.drop:.2f} top-1 points on the {first.samples} --eval inputs "
+                         f"held out of planning (> --max-drop {budget.max_drop}; {final_m.eval_drop:.2f} on the "
+                         f"{final_m.eval_samples} planning looked at): {what}, {final_speed:.3f}x, after "
+                         f"{confirmation.looks} looks at the held-out inputs")
+
     # ---------------------------------------------------------------- report
     speed_at = {}
     for t in report_threads:
@@ -714,14 +777,23 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         timer.cache.save()
     if eval_data is not None and final_m.eval_top1 is None:
         final_m = evaluator.measure(final, with_eval=True)
-    if final_m.eval_drop_upper is not None and budget.max_drop is not None and \
+    if confirmation is not None and confirmation.drop_upper > budget.max_drop + 1e-9:
+        notes.append(f"the top-1 drop on the {confirmation.samples} --eval inputs held out of planning is "
+                     f"{confirmation.drop:.2f} points (within --max-drop {budget.max_drop}), but on unseen inputs it "
+                     f"is only known to be <= {confirmation.drop_upper:.2f} ({100 * confidence:g}% one-sided"
+                     + (f", allowing for {confirmation.looks} looks" if confirmation.looks > 1 else "")
+                     + "): more --eval inputs make the check tighter")
+    elif confirmation is None and final_m.eval_drop_upper is not None and budget.max_drop is not None and \
             final_m.eval_drop_upper > budget.max_drop + 1e-9:
         notes.append(f"the top-1 drop on the {final_m.eval_samples} --eval inputs is {final_m.eval_drop:.2f} points "
                      f"(within --max-drop {budget.max_drop}), but on unseen inputs it is only known to be <= "
-                     f"{final_m.eval_drop_upper:.2f} ({100 * confidence:g}% one-sided): more --eval inputs "
-                     "make the check tighter")
+                     f"{final_m.eval_drop_upper:.2f} ({100 * confidence:g}% one-sided), and planning chose on these "
+                     "inputs: more --eval inputs and --confirm-fraction make the check tighter")
     summary = {
-        "budget": budget.as_dict(), "achieved": final_m.as_dict(), "meets_budget": budget.holds(final_m),
+        "budget": budget.as_dict(), "achieved": final_m.as_dict(),
+        "meets_budget": budget.holds(final_m) and (confirmation is None or confirmation.meets),
+        # the written model on the share of --eval held out of planning (--max-drop)
+        "confirmed": confirmation.as_dict() if confirmation is not None else None,
         "confidence": confidence,
         "original_eval_top1": evaluator.eval_top1,
         "speedup": speed_at, "planning_threads": timer.threads, "model_ms": model_ms,

@@ -45,10 +45,17 @@ def print_plan(report, echo) -> None:
                    if a.get("eval_agreement") is not None else "",
                    bounded("cosine", a["eval_cosine"], a.get("eval_cosine_lower"))
                    if a.get("eval_cosine") is not None else ""]
-        echo(f"evaluation data ({a.get('eval_samples')} --eval inputs): top-1 {plan['original_eval_top1']:.4f} -> "
+        held = plan.get("confirmed")
+        echo(f"evaluation data ({a.get('eval_samples')} --eval inputs{', planned on' if held else ''}): top-1 {plan['original_eval_top1']:.4f} -> "
              f"{a.get('eval_top1'):.4f} ({a.get('eval_drop'):+.2f} points lost"
              + (f"; <= {a['eval_drop_upper']:.2f} on unseen inputs at {pct}" if a.get("eval_drop_upper") is not None
-                and conf else "") + ")" + "".join(f", {x}" for x in on_eval if x))
+                and conf and not held else "") + ")" + "".join(f", {x}" for x in on_eval if x))
+        if held:
+            echo(f"held out of planning ({held['samples']} --eval inputs, {held['looks']} look"
+                 f"{'s' if held['looks'] != 1 else ''}): top-1 {held['original_top1']:.4f} -> {held['top1']:.4f} "
+                 f"({held['drop']:+.2f} points lost"
+                 + (f"; <= {held['drop_upper']:.2f} on unseen inputs at {pct}" if conf else "") + ")"
+                 + (" (meets the budget)" if held["meets"] else " (MISSES IT)"))
     sp = ", ".join(f"{v:.3f}x at {t} thread{'s' if t != '1' else ''}" for t, v in plan["speedup"].items())
     echo(f"{plan['layers_replaced']} of {plan['conv_layers']} Conv replaced ({plan['plan']} fit); measured "
          f"speedup against the canonicalised original: {sp}; Conv MACs at batch 1 {plan['macs_before']:,} -> "
