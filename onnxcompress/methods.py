@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any, Iterator
 
 from .errors import OnnxCompressError
-from .plan.budget import DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_FRACTION
+from .plan.budget import (DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_EVAL_LIMIT, DEFAULT_VAL_FRACTION,
+                          EVAL_INPUT_BYTES)
 from .techniques import TECHNIQUES, Technique
 from .techniques.base import (  # noqa: F401 - the options shared by several methods, importable from here
     CALIB_ROWS, COMMON_OPTIONS, CRITERION, DATA_FREE, MIN_COSINE, PORTABLE, SEED, THREADS, Option,
@@ -32,7 +33,9 @@ class _Auto(Technique):
                "mnist-val) that the model was not trained on: --max-drop is measured on it, and an agreement or "
                "cosine budget must be shown on it too, as on the validation inputs; the plan is chosen on it, so "
                "report accuracy on other data"),
-        Option("eval_limit", int, 1000, "auto: evaluation samples (seeded, class-balanced sample)"),
+        Option("eval_limit", int, None, f"auto: evaluation samples (seeded, class-balanced sample) [default: as "
+               f"many as the data holds up to {DEFAULT_EVAL_LIMIT}, fewer where their inputs would take over "
+               f"{EVAL_INPUT_BYTES >> 30} GiB]"),
         Option("confirm_fraction", float, DEFAULT_CONFIRM_FRACTION, "auto with --max-drop: share of the --eval samples (seeded, "
                "class-balanced) held out of planning and looked at once, for the written model: the drop the "
                "report states is measured there; where it misses the budget, layers are given back until it "

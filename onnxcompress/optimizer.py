@@ -189,12 +189,23 @@ def _work_after(technique, rows: list[dict], info: dict) -> dict | None:
     return totals if counted else None
 
 
-def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_points=False):
+def _eval_sample(model, spec: str, limit: int | None):
+    """The --eval sample: `limit` samples, or by default DEFAULT_EVAL_LIMIT, fewer where their
+    inputs would take more than EVAL_INPUT_BYTES (every planning step runs the model on all)."""
     from .inputs import labelled_arrays
+    from .plan.budget import DEFAULT_EVAL_LIMIT, EVAL_INPUT_BYTES
+
+    x, y = labelled_arrays(model, spec, limit or DEFAULT_EVAL_LIMIT, seed=0)
+    if limit is None and x.nbytes > EVAL_INPUT_BYTES:
+        x, y = labelled_arrays(model, spec, max(1, int(EVAL_INPUT_BYTES * len(x) // x.nbytes)), seed=0)
+    return x, y
+
+
+def _optimize_auto(model, opts, calib_feeds, verify, report, progress, settings_points=False):
     from .plan import plan_model
     from .plan.timing import default_cache_path
 
-    eval_data = labelled_arrays(model, opts["eval"], opts["eval_limit"], seed=0) if opts["eval"] else None
+    eval_data = _eval_sample(model, opts["eval"], opts["eval_limit"]) if opts["eval"] else None
     cache = opts["timing_cache"]
     cache = None if cache == "off" else (cache or str(default_cache_path()))
     result = plan_model(model, calib_feeds, max_drop=opts["max_drop"], min_agreement=opts["min_agreement"],

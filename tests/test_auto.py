@@ -597,3 +597,17 @@ def test_leave_out_slower_pure():
     assert kept == ["a", "b"] and not out and "misses the budget" in what
     # nothing above the margin: nothing to say
     assert leave_out_slower(["b", "c"], gains.get, lambda rest: 2.0, lambda rest: True, 0.02) == (["b", "c"], {}, "")
+
+
+def test_eval_sample_takes_more_by_default_and_caps_its_bytes(monkeypatch):
+    import onnxcompress.plan.budget as budget
+    from onnxcompress.model_io import load_model
+    from onnxcompress.optimizer import _eval_sample
+
+    model = load_model("models/digits_cnn.onnx")
+    assert len(_eval_sample(model, "mnist-test", None)[1]) == 4000  # all of it (under DEFAULT_EVAL_LIMIT)
+    assert len(_eval_sample(model, "mnist-test", 300)[1]) == 300
+    monkeypatch.setattr(budget, "EVAL_INPUT_BYTES", 1 << 20)
+    x, y = _eval_sample(model, "mnist-test", None)
+    assert x.nbytes <= 1 << 20 and len(y) == (1 << 20) // (28 * 28 * 4)
+    assert len(_eval_sample(model, "mnist-test", 2000)[1]) == 2000  # a limit given is taken as given

@@ -49,6 +49,8 @@ DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_AGREEMENT = 0.99  # for score-vector outputs ([N, C], C >= 2)
 DEFAULT_MIN_COSINE = 0.99     # for other outputs
 DEFAULT_CONFIRM_FRACTION = 0.5  # the share of --eval held out of planning, for --max-drop
+DEFAULT_EVAL_LIMIT = 5000       # --eval samples taken by default ...
+EVAL_INPUT_BYTES = 1 << 30      # ... or fewer, where their inputs would take more than this
 MIN_CONFIRM_INPUTS = 100        # a held-out share smaller than this confirms too little to be worth its cost
 
 

@@ -666,6 +666,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 return looked[k].meets
 
             k = longest_passing(len(gentle) - 1, confirms) if len(gentle) > 1 else 0
+            if k and relative_speed(base_model, final_model(set(gentle[:k]))) < 1.0:
+                say(f"auto: the model with the {k} least damaging layers of ours is slower than without them: "
+                    "not kept")
+                k = 0
             if k:
                 final, confirmation, kept = final_model(set(gentle[:k])), looked[k], set(gentle[:k])
                 what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
