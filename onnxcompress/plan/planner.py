@@ -655,7 +655,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         say(f"auto: the written model on the {confirmation.samples} held-out --eval inputs: "
             f"{confirmation.as_dict()} {'meets' if confirmation.meets else 'misses'} the budget")
         if not confirmation.meets:
-            first = confirmation
+            first, first_drop = confirmation, final_m.eval_drop
             gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
             looked: dict[int, Any] = {}
 
@@ -675,13 +675,14 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
             else:
                 kept = set()
-                confirmation = evaluator.confirm(base_model, budget.max_drop) if base_stage is not None else None
+                confirmation = (evaluator.confirm(base_model, budget.max_drop)
+                                if base_stage is not None and final is not base_model else None)
                 if confirmation is not None and confirmation.meets:
                     final, what = base_model, f"{base_stage.stage} on the original alone written"
                 else:
                     final, what = canon, "the canonicalised original written"
                     confirmation = evaluator.confirm(canon, budget.max_drop)
-            for n in set(chosen) - kept:
+            for n in (set(chosen) | (set(staged) if final is canon else set())) - kept:
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
             chosen = {n: chosen[n] for n in kept}
             if base_stage is not None and final is not canon:
@@ -695,7 +696,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
             final_speed = ref_ms / cand_ms
             notes.append(f"the planned model lost {first.drop:.2f} top-1 points on the {first.samples} --eval inputs "
-                         f"held out of planning (> --max-drop {budget.max_drop}; {final_m.eval_drop:.2f} on the "
+                         f"held out of planning (> --max-drop {budget.max_drop}; {first_drop:.2f} on the "
                          f"{final_m.eval_samples} planning looked at): {what}, {final_speed:.3f}x, after "
                          f"{confirmation.looks} looks at the held-out inputs")
 
