@@ -303,7 +303,9 @@ def test_confirm_bound_allows_for_the_looks():
     first, second = ev.confirm(model, 0.5), ev.confirm(model, 0.5)
     assert first.drop == 0 and first.meets and first.looks == 1 and second.looks == 2
     assert looks_confidence(0.95, 2) == pytest.approx(0.975)
-    assert first.drop_upper == drop_upper(0, 0, 400, 0.95) == 0.0 and second.drop_upper == 0.0
+    assert first.drop_upper == pytest.approx(100 * drop_upper(0, 0, 400, 0.95))
+    assert second.drop_upper == pytest.approx(100 * drop_upper(0, 0, 400, 0.975))
+    assert second.drop_upper > first.drop_upper > 0  # nothing lost of 400 shows no drop of 0
     with pytest.raises(OnnxCompressError, match="held out"):
         Evaluator(model, feeds, None).confirm(model, 0.5)
 

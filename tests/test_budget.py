@@ -22,22 +22,37 @@ def test_agreement_lower_is_clopper_pearson():
 
 
 def test_drop_upper_covers_the_true_drop():
-    """The drop's bound conditions on the inputs where the two models differ (exact McNemar):
-    closed forms at the ends, and seeded simulations of paired outcomes in which it covers the
-    true drop at least as often as asked, where bounding the lost rate alone does not."""
-    assert drop_upper(0, 0, 1000, 0.95) == 0.0
-    assert drop_upper(3, 0, 1000, 0.95) == pytest.approx(3 / 1000)  # every differing input lost: all of them
-    assert drop_upper(0, 3, 1000, 0.95) == pytest.approx((2 * (1 - 0.05 ** (1 / 3)) - 1) * 3 / 1000)
+    """The drop's bound is the larger of the exact McNemar bound (given the inputs where the two
+    models differ) and the lost rate's bound less the gained rate: closed forms at the ends, and
+    seeded simulations of paired outcomes in which it covers the true drop at least as often as
+    asked, where each of the two alone does not (McNemar where the differing inputs are few and
+    mostly lost, the lost rate alone where both directions are many)."""
+    assert drop_upper(0, 0, 1000, 0.95) == rate_upper(0, 1000, 0.95)  # none lost yet: the lost rate's bound
+    assert drop_upper(3, 0, 1000, 0.95) == pytest.approx(rate_upper(3, 1000, 0.95))
+    assert rate_upper(3, 1000, 0.95) > 0.0075  # not 3 / 1000, as McNemar's alone would say
     assert drop_upper(6, 4, 1000, 0.0) == pytest.approx(2 / 1000)  # no confidence: the sample's drop
+    assert drop_upper(0, 0, 1000, 0.0) == 0.0
     assert drop_upper(20, 20, 1000, 0.95) > 0 > drop_upper(5, 40, 1000, 0.95)
     rng = np.random.default_rng(0)
-    n, p_lost, p_gained, trials = 1000, 0.02, 0.015, 4000
-    true_drop = p_lost - p_gained
-    outcome = rng.choice(3, size=(trials, n), p=[p_lost, p_gained, 1 - p_lost - p_gained])
-    lost, gained = (outcome == 0).sum(1), (outcome == 1).sum(1)
-    ours = np.mean([drop_upper(int(a), int(b), n, 0.95) >= true_drop for a, b in zip(lost, gained)])
-    lost_only = np.mean([rate_upper(int(a), n, 0.95) - b / n >= true_drop for a, b in zip(lost, gained)])
-    assert ours >= 0.95 and lost_only < 0.93
+
+    def coverage(n, p_lost, p_gained, bound, trials=2000):
+        outcome = rng.choice(3, size=(trials, n), p=[p_lost, p_gained, 1 - p_lost - p_gained])
+        lost, gained = (outcome == 0).sum(1), (outcome == 1).sum(1)
+        return np.mean([bound(int(a), int(b), n) >= p_lost - p_gained for a, b in zip(lost, gained)])
+
+    def mcnemar(a, b, n):
+        d = a + b
+        return (2 * rate_upper(a, d, 0.95) - 1) * d / n if d else 0.0
+
+    def lost_only(a, b, n):
+        return rate_upper(a, n, 0.95) - b / n
+
+    def ours(a, b, n):
+        return drop_upper(a, b, n, 0.95)
+
+    many, few = (1000, 0.02, 0.015), (500, 0.008, 0.002)
+    assert coverage(*many, ours) >= 0.95 and coverage(*many, lost_only) < 0.93
+    assert coverage(*few, ours) >= 0.95 and coverage(*few, mcnemar) < 0.85
 
 
 def test_mean_lower_is_student_t():
