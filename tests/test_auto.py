@@ -271,6 +271,7 @@ def test_auto_on_digits_cnn_with_labels(tmp_path):
     c = s["confirmed"]
     assert c["samples"] == 100 and abs(drop(xc, yc) - c["drop"]) < 1e-6 and c["meets"] and c["drop"] <= 0.5
     assert c["drop_upper"] >= c["drop"]
+    assert s["budget"]["held_out"] and "held out of planning" in s["budget"]["text"]
     assert set(_ours(result.model)) <= set(convs[1:4])
 
 

@@ -238,6 +238,7 @@ class Budget:
     defaulted: list[str] = field(default_factory=list)
     confidence: float = DEFAULT_CONFIDENCE  # 0: the sample's own values, no bound
     on_eval: bool = False  # agreement / cosine are shown on the --eval inputs too
+    held_out: bool = False  # --max-drop is confirmed on a share of --eval held out of planning
 
     def violations(self, m: Measurement) -> list[str]:
         out = []
@@ -296,7 +297,8 @@ class Budget:
     def describe(self) -> str:
         parts = []
         if self.max_drop is not None:
-            parts.append(f"top-1 drop <= {self.max_drop} points on the evaluation data")
+            parts.append(f"top-1 drop <= {self.max_drop} points on the evaluation data"
+                         + (" (confirmed on a share of it held out of planning)" if self.held_out else ""))
         where = "the validation inputs" + (" and the --eval inputs" if self.on_eval else "")
         if self.min_agreement is not None:
             parts.append(f"top-1 agreement >= {self.min_agreement} on {where}")
@@ -309,6 +311,7 @@ class Budget:
     def as_dict(self) -> dict:
         return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine,
                 "confidence": self.confidence, "defaulted": list(self.defaulted), "on_eval": self.on_eval,
+                "held_out": self.held_out,
                 "text": self.describe()}
 
 

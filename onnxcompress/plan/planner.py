@@ -237,6 +237,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     evaluator = Evaluator(canon, val_feeds, eval_data, confidence=confidence, confirm_data=confirm_data)
     budget = resolve_budget(max_drop, min_agreement, min_cosine, evaluator.has_score_output, eval_data is not None,
                             confidence)
+    budget.held_out = confirm_data is not None
     budget.require_resolvable(len(val_idx), val_fraction, None if eval_data is None else len(eval_data[0]))
     with_eval = eval_data is not None  # --eval is part of the budget: --max-drop, or agreement / cosine there too
     say(f"auto: {len(targets)} Conv layers, {len(cands)} candidate settings"
