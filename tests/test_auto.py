@@ -488,6 +488,17 @@ def test_cli_auto_writes_model_report_and_refuses_bad_budgets(tmp_path):
     assert r.exit_code == 2 and "error: --max-drop needs labelled evaluation data" in r.output
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(out), "--method", "penni", "--max-drop", "1"])
     assert r.exit_code == 2 and "does not apply to --method penni" in r.output
+    # too few --eval inputs to hold a share out of planning: refused before planning, nothing written
+    ylab = np.arange(150) % 10
+    np.savez(tmp_path / "e.npz", input=np.random.default_rng(1).standard_normal((150, 3, 16, 16)).astype(np.float32),
+             y=ylab)
+    held = tmp_path / "held.onnx"
+    for extra, want in ((["--confirm-fraction", "0.5"], "at least 100 are needed"),
+                        (["--confirm-fraction", "1"], "--confirm-fraction must be in [0, 1)")):
+        r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(held), "--method", "auto", "--calib",
+                                      str(tmp_path / "c.npz"), "--eval", str(tmp_path / "e.npz"), "--max-drop", "0.5",
+                                      "--timing-cache", "off"] + extra)
+        assert r.exit_code == 2 and want in r.output and not held.exists(), r.output
     r = CliRunner().invoke(main, ["optimize", str(path), "-o", str(tmp_path / "default.onnx")])  # auto by default
     assert r.exit_code == 2 and r.output.startswith("error: --method auto") and "--calib" in r.output
 
