@@ -36,11 +36,11 @@ class _Auto(Technique):
         Option("eval_limit", int, None, f"auto: evaluation samples (seeded, class-balanced sample) [default: as "
                f"many as the data holds up to {DEFAULT_EVAL_LIMIT}, fewer where their inputs would take over "
                f"{EVAL_INPUT_BYTES >> 30} GiB]"),
-        Option("confirm_fraction", float, DEFAULT_CONFIRM_FRACTION, "auto with --max-drop: share of the --eval samples (seeded, "
-               "class-balanced) held out of planning and looked at once, for the written model: the drop the "
-               "report states is measured there; where it misses the budget, layers are given back until it "
-               "holds, each a further look that the stated bound allows for; 0: judge and report the drop on "
-               "the --eval samples planning chose on"),
+        Option("confirm_fraction", float, DEFAULT_CONFIRM_FRACTION, "auto with --max-drop: share of the --eval "
+               "samples (seeded, class-balanced) held out of planning and looked at once, for the written model: "
+               "the drop the report states is measured there; where it misses the budget, layers are given back "
+               "until it holds, each a further look that the stated bound allows for; 0: judge and report the "
+               "drop on the --eval samples planning chose on"),
         Option("grow", bool, False, "auto: where the sequentially fitted plan meets the budget with every layer, "
                "fit the layers it would take next into it one at a time, each kept while the budget holds (more "
                "layers, judged again on the same validation and --eval data: off by default, see "
@@ -49,12 +49,12 @@ class _Auto(Technique):
                "fits meets the budget with every layer, bisect the later steps again, each fitted sequentially "
                "(step 5a: more layers, judged again on the same validation and --eval data: off by default, see "
                "docs/results.md)", is_flag=True),
-        Option("val_fraction", float, DEFAULT_VAL_FRACTION, "auto: share of the calibration inputs held out for validation "
-               "(seeded by --calib-seed), or all but 256 when that is more; the rest is what the techniques fit "
-               "to"),
-        Option("confidence", float, DEFAULT_CONFIDENCE, "auto: the budget on the validation inputs must be shown at this "
-               "one-sided confidence (agreement: Clopper-Pearson lower bound; cosine: Student-t lower bound of "
-               "the mean), not merely met by the sample; 0 judges the sample's own values"),
+        Option("val_fraction", float, DEFAULT_VAL_FRACTION, "auto: share of the calibration inputs held out for "
+               "validation (seeded by --calib-seed), or all but 256 when that is more; the rest is what the "
+               "techniques fit to"),
+        Option("confidence", float, DEFAULT_CONFIDENCE, "auto: the budget on the validation inputs must be shown "
+               "at this one-sided confidence (agreement: Clopper-Pearson lower bound; cosine: Student-t lower bound "
+               "of the mean), not merely met by the sample; 0 judges the sample's own values"),
         Option("candidates", str, None, "auto: comma-separated candidate kinds to weigh (default: every kind: "
                "falcon, cluspa, penni, tabconv per layer, and int8, ORT's static INT8 quantization of the Convs "
                "the plan leaves to ORT, tried after the per-layer plan and on the original alone)"),

@@ -194,10 +194,12 @@ def _eval_sample(model, spec: str, limit: int | None):
     inputs would take more than EVAL_INPUT_BYTES (every planning step runs the model on all)."""
     from .inputs import labelled_arrays
     from .plan.budget import DEFAULT_EVAL_LIMIT, EVAL_INPUT_BYTES
+    from .sampling import sample_indices
 
     x, y = labelled_arrays(model, spec, limit or DEFAULT_EVAL_LIMIT, seed=0)
-    if limit is None and x.nbytes > EVAL_INPUT_BYTES:
-        x, y = labelled_arrays(model, spec, max(1, int(EVAL_INPUT_BYTES * len(x) // x.nbytes)), seed=0)
+    if limit is None and x.nbytes > EVAL_INPUT_BYTES:  # a balanced sample of the sample, not a second read
+        rows = sample_indices(len(x), max(1, int(EVAL_INPUT_BYTES * len(x) // x.nbytes)), y, seed=0)
+        x, y = x[rows], y[rows]
     return x, y
 
 

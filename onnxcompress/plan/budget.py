@@ -91,6 +91,17 @@ def split_feeds(feeds: list[dict[str, np.ndarray]], val_fraction: float = DEFAUL
     return part(fit_idx, batch), part(val_idx, 32), fit_idx, val_idx
 
 
+def _rounded(record) -> dict:
+    """A dataclass as a dict, floats rounded to 6 places (for reports)."""
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(record).items()}
+
+
+def lost_gained(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """(inputs right `before` and wrong `after`, inputs the other way) of two per-input correctness
+    masks: what drop_upper bounds the drop from."""
+    return int(np.sum(before & ~after)), int(np.sum(~before & after))
+
+
 def split_eval(eval_data: tuple[np.ndarray, np.ndarray], fraction: float,
                seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(the part planning looks at, the held-out part) of labelled (x, y): the held-out part is
@@ -137,7 +148,7 @@ class Confirmation:
     meets: bool
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return _rounded(self)
 
 
 def agreement_lower(k: int, n: int, confidence: float) -> float:
@@ -227,7 +238,7 @@ class Measurement:
     eval_cosine_lower: float | None = None
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return _rounded(self)
 
 
 @dataclass
@@ -446,8 +457,7 @@ class Evaluator:
         self.confirm_looks += 1
         correct = self._correct(self._eval_outputs(self._model_session(model), self.confirm_data), self.confirm_data)
         n = len(correct)
-        lost = int(np.sum(self.confirm_correct & ~correct))
-        gained = int(np.sum(~self.confirm_correct & correct))
+        lost, gained = lost_gained(self.confirm_correct, correct)
         top0, top1 = float(np.mean(self.confirm_correct)), float(np.mean(correct))
         drop = 100.0 * (top0 - top1)
         conf = looks_confidence(self.confidence, self.confirm_looks) if self.confidence > 0 else 0.0
@@ -493,8 +503,7 @@ class Evaluator:
             outs = self._eval_outputs(session)
             correct = self._correct(outs)
             n = len(correct)
-            lost = int(np.sum(self.eval_correct & ~correct))
-            gained = int(np.sum(~self.eval_correct & correct))
+            lost, gained = lost_gained(self.eval_correct, correct)
             m.eval_samples = n
             m.eval_top1 = float(np.mean(correct))
             m.eval_drop = 100.0 * (self.eval_top1 - m.eval_top1)

@@ -46,7 +46,8 @@ def print_plan(report, echo) -> None:
                    bounded("cosine", a["eval_cosine"], a.get("eval_cosine_lower"))
                    if a.get("eval_cosine") is not None else ""]
         held = plan.get("confirmed")
-        echo(f"evaluation data ({a.get('eval_samples')} --eval inputs{', planned on' if held else ''}): top-1 {plan['original_eval_top1']:.4f} -> "
+        echo(f"evaluation data ({a.get('eval_samples')} --eval inputs{', planned on' if held else ''}): "
+             f"top-1 {plan['original_eval_top1']:.4f} -> "
              f"{a.get('eval_top1'):.4f} ({a.get('eval_drop'):+.2f} points lost"
              + (f"; <= {a['eval_drop_upper']:.2f} on unseen inputs at {pct}" if a.get("eval_drop_upper") is not None
                 and conf and not held else "") + ")" + "".join(f", {x}" for x in on_eval if x))
