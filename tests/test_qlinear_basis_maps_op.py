@@ -79,6 +79,10 @@ CASES = [
     ("1x3_d2_c64", 1, 64, 7, 9, 2, (1, 3), {}),
     # the kernel's span (7 rows) taller than the input (4): the row ring holds every input row
     ("3x3_dil3_short", 2, 16, 4, 9, 2, 3, {"pads": [3, 3, 3, 3], "dilations": [3, 3]}),
+    # channels last, no column whose kernel lies inside the input (every pixel a border pixel),
+    # and a single inner column after three border columns
+    ("3x5_wider_than_input", 1, 8, 6, 3, 2, (3, 5), {"pads": [1, 2, 1, 2]}),
+    ("3x3_one_inner_column", 1, 9, 5, 5, 3, 3, {"pads": [1, 3, 1, 0], "dilations": [1, 2]}),
 ]
 
 

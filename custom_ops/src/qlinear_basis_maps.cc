@@ -219,8 +219,9 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
 
 // Channels last: one task per block of consecutive output rows; each task keeps the input rows
 // its outputs read, minus the zero point as float, in a ring of S = (kh-1)*dil_h + 1 rows of its
-// own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache), and
-// each output pixel lists the taps inside the input.
+// own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache). Per
+// output row the taps are listed once for the columns whose kernel lies inside the input (one
+// run for the kernels), and per pixel only at the left and right borders.
 void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
                                      const uint8_t* x, uint8_t* y) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
@@ -229,42 +230,64 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
   const int64_t ring = CeilDiv(CheckedMul(slots, row, "input rows"), 16) * 16;
   const int64_t items = g.batch * OH;
   const int64_t tasks = std::min<int64_t>(TaskSlots(items), 64);
+  // Columns ox in [lo, hi) read input columns ox*sw - pad_left + kx*dil_w, all inside [0, W)
+  // (pads, kernel and input sizes are bounded by the geometry's checks: no overflow).
+  const int64_t lo = std::min(OW, CeilDiv(g.pad_left, g.stride_w));
+  const int64_t last = W - 1 + g.pad_left - (g.kw - 1) * g.dil_w;  // ox * stride_w <= last
+  const int64_t hi = last < 0 ? lo : std::max(lo, std::min(OW, last / g.stride_w + 1));
   auto lease = SharedTaskBuffers().Acquire();
   TaskBuffers& buffers = *lease;
-  // per task: the ring, then a tag per slot and an offset and a tap index per tap (two floats each)
-  buffers.Reserve(tasks, CheckedAdd(ring, CheckedMul(slots + 2 * taps, 2, "taps"), "input rows"));
+  // per task: the ring, then a tag per slot, a ring offset per kernel row, and an offset and a
+  // tap index per tap for a border pixel and for the inner run (int64: two floats each)
+  const int64_t index_words = CheckedAdd(slots + g.kh, CheckedMul(taps, 4, "taps"), "taps");
+  buffers.Reserve(tasks, CheckedAdd(ring, CheckedMul(index_words, 2, "taps"), "input rows"));
   const qbm::Requant rq{scales_.data(), y_zero_point_};
   ParallelFor(context, items, tasks, [&](int64_t i0, int64_t i1) {
     const TaskBuffers::Borrowed buffer = buffers.Borrow();
     float* xs = buffer.data();
     int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);
-    int64_t* offsets = tags + slots;
+    int64_t* row_at = tags + slots;  // ring offset of the input row kernel row ky reads, -1 outside
+    int64_t* offsets = row_at + g.kh;
     int64_t* tap_index = offsets + taps;
+    int64_t* inner_offsets = tap_index + taps;
+    int64_t* inner_index = inner_offsets + taps;
     RowRing rows(slots, tags);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
+      int64_t inner = 0;
       for (int64_t ky = 0; ky < g.kh; ++ky) {
         const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
+        row_at[ky] = -1;
         if (iy < 0 || iy >= H) continue;
         bool fill = false;
         const int64_t s = rows.Slot(n, iy, H, &fill);
         if (fill) kernels_->shifted(x + (n * H + iy) * row, row, x_zero_point_, xs + s * row);
+        row_at[ky] = s * row;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {  // relative to the run's first input column
+          inner_offsets[inner] = row_at[ky] + kx * g.dil_w * C;
+          inner_index[inner++] = ky * g.kw + kx;
+        }
       }
-      for (int64_t ox = 0; ox < OW; ++ox) {
+      uint8_t* yrow = y + (n * OH + oy) * OW * M;
+      auto border = [&](int64_t ox) {
         int64_t count = 0;
         for (int64_t ky = 0; ky < g.kh; ++ky) {
-          const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dil_h;
-          if (iy < 0 || iy >= H) continue;
+          if (row_at[ky] < 0) continue;
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
             if (ix < 0 || ix >= W) continue;
-            offsets[count] = rows.SlotOf(iy) * row + ix * C;
+            offsets[count] = row_at[ky] + ix * C;
             tap_index[count++] = ky * g.kw + kx;
           }
         }
-        kernels_->pixel(xs, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq,
-                        y + ((n * OH + oy) * OW + ox) * M);
+        kernels_->pixels(xs, 0, 1, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq, yrow + ox * M);
+      };
+      for (int64_t ox = 0; ox < lo; ++ox) border(ox);
+      if (hi > lo) {
+        kernels_->pixels(xs + (lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets, inner_index,
+                         inner, C, d, weights_t_, bias_.data(), rq, yrow + lo * M);
       }
+      for (int64_t ox = hi; ox < OW; ++ox) border(ox);
     }
   });
 }

@@ -39,13 +39,14 @@ struct Kernels {
 
   // Channels last: out[i] = x[i] - zero_point as float, i < n (exact).
   void (*shifted)(const uint8_t* x, int64_t n, int32_t zero_point, float* out);
-  // Channels last, one output pixel: the `ntaps` taps inside the input, tap
-  // tap_index[i] reading the C channels at x + offsets[i] (x: the input minus its
-  // zero point, from `shifted`). w is [taps][d*C], integers held as floats, bias
-  // [d*C], scales [d*C]. Writes y[m*C + c] for m < d, c < C. Sums are taken in
-  // float: only for taps <= kExactFloatTaps.
-  void (*pixel)(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C,
-                int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y);
+  // Channels last, `n` output pixels of one row that read the same taps: pixel p
+  // reads tap tap_index[i] at x + p * x_step + offsets[i] (x: the input minus its
+  // zero point, from `shifted`) and writes y[p*d*C + m*C + c] for m < d, c < C.
+  // ntaps taps (those inside the input; n = 1 for a pixel at the border), w
+  // [taps][d*C], integers held as floats, bias [d*C], scales [d*C]. Sums are
+  // taken in float: only for taps <= kExactFloatTaps.
+  void (*pixels)(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
+                 int64_t ntaps, int64_t C, int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y);
 };
 
 // Channels last with AVX-512 VNNI: four taps of one kernel row in each int32

@@ -187,7 +187,7 @@ inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t*
 // Vectors of channels per block: 4 x 4 sums in flight fit AVX-512's 32 registers, 2 x 4 AVX2's 16.
 constexpr int kBlocks = L >= 16 ? 4 : 2;
 
-void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C, int64_t d,
+inline void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C, int64_t d,
            const float* w, const int32_t* bias, Requant rq, uint8_t* y) {
   const int64_t M = C * d;
   int64_t c = 0;
@@ -206,9 +206,16 @@ void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int
   }
 }
 
+// A run of pixels with one tap list (Pixel inlined: no call and no tap listing per pixel).
+void Pixels(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
+            int64_t ntaps, int64_t C, int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y) {
+  const int64_t M = C * d;
+  for (int64_t p = 0; p < n; ++p) Pixel(x + p * x_step, offsets, tap_index, ntaps, C, d, w, bias, rq, y + p * M);
+}
+
 }  // namespace
 
-const Kernels kTable = {QBM_NAME, L, Plane, RequantizePlane, Shifted, Pixel};
+const Kernels kTable = {QBM_NAME, L, Plane, RequantizePlane, Shifted, Pixels};
 
 }  // namespace QBM_NS
 }  // namespace qbm
