@@ -71,7 +71,10 @@ def feed_for(session: ort.InferenceSession) -> dict[str, np.ndarray]:
     feed = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
-        feed[i.name] = rng.random(shape, dtype=np.float32)
+        if i.type == "tensor(uint8)":  # a quantized model's input, or one op of ours alone
+            feed[i.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            feed[i.name] = rng.random(shape, dtype=np.float32)
     return feed
 
 

@@ -160,6 +160,28 @@ def test_channels_last_kernel_too_large_for_float_sums():
     np.testing.assert_array_equal(got, want)
 
 
+def test_channels_last_bias_too_large_for_float_sums():
+    """A bias past 2^24 would round as a float: channels last must take exact sums (through planes).
+
+    Even outputs: B = 128.5 * 2^17 + 1 and one tap adding 1, so the int32 sum is 128.5 * 2^17 + 2
+    (a float exactly); with x_scale = w_scale = 1 and y_scale = 2^17 QLinearConv gives
+    round(128.5000153) = 129. Float sums started from float(B) = 128.5 * 2^17 would add the 1 and
+    round back to 128.5 * 2^17 (half to even): 128."""
+    case, params, x = build_case(CASES[0], seed=10)
+    m = params["W"].shape[0]
+    big = int(128.5 * 2**17) + 1
+    assert big > 2**24 and np.float32(big) == 128.5 * 2**17 and np.float32(big + 1) == big + 1
+    w = np.zeros_like(params["W"])
+    w[0::2, 0, 1, 1] = 1  # the centre tap of the even outputs
+    params.update(W=w, w_scale=np.ones(m, np.float32), x_scale=np.float32(1.0), x_zero_point=np.uint8(0),
+                  y_scale=np.float32(2**17), y_zero_point=np.uint8(0),
+                  B=np.where(np.arange(m) % 2 == 0, big, 3 * 2**17).astype(np.int32))
+    x = np.ones_like(x)
+    got, want = _run_both(case, params, x, True, channels_last=1)
+    assert np.all(want[:, 0::2] == 129) and np.all(want[:, 1::2] == 3)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("channels_last", [0, 1])
 def test_onnx_shape_inference_and_checker(channels_last):
     import onnxcompress.schemas as schemas

@@ -161,6 +161,12 @@ QLinearBasisMaps::QLinearBasisMaps(const Ort::ConstKernelInfo& info) {
               " is outside (-2^30, 2^30)");
     }
   }
+  int64_t max_abs_bias = 0;
+  for (int64_t o = 0; o < M; ++o) max_abs_bias = std::max<int64_t>(max_abs_bias, std::abs(int64_t{bias_[o]}));
+  if (qbm::FloatSumsExact(taps, max_abs_bias)) {
+    float_bias_.assign(static_cast<size_t>(M + 16), 0.0f);  // 16 past M: whole vectors, as scales_
+    for (int64_t o = 0; o < M; ++o) float_bias_[o] = static_cast<float>(bias_[o]);
+  }
   kernels_ = SelectQLinearBasisMapsKernels();
   Require(kRound % kernels_->lanes == 0, "the ", kernels_->name, " kernels' vectors do not divide ", kRound);
 
@@ -206,9 +212,9 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
   uint8_t* ydata = y.GetTensorMutableData<uint8_t>();
   // Channels last with VNNI: integer sums (where the packed rows stay small).
   if (rows_ != nullptr && ComputeRows(context, g, xdata, ydata)) return;
-  // Channels last sums in float, exact for kernels of up to kExactFloatTaps taps; larger
-  // ones (no CNN has them) go through a channels-first copy.
-  if (channels_last_ && g.taps() <= qbm::kExactFloatTaps) {
+  // Channels last sums in float from the bias, exact for kernels of up to 514 taps and biases
+  // below 2^24 - taps * 255 * 128; larger ones (no CNN has them) go through a channels-first copy.
+  if (channels_last_ && !float_bias_.empty()) {
     ComputePixels(context, g, out_channels_ / C, xdata, ydata);
   } else if (channels_last_) {
     ComputeLastViaPlanes(context, g, out_channels_ / C, xdata, ydata);
@@ -280,12 +286,13 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
             tap_index[count++] = ky * g.kw + kx;
           }
         }
-        kernels_->pixels(xs, 0, 1, offsets, tap_index, count, C, d, weights_t_, bias_.data(), rq, yrow + ox * M);
+        kernels_->pixels(xs, 0, 1, offsets, tap_index, count, C, d, weights_t_, float_bias_.data(), rq,
+                        yrow + ox * M);
       };
       for (int64_t ox = 0; ox < lo; ++ox) border(ox);
       if (hi > lo) {
         kernels_->pixels(xs + (lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets, inner_index,
-                         inner, C, d, weights_t_, bias_.data(), rq, yrow + lo * M);
+                         inner, C, d, weights_t_, float_bias_.data(), rq, yrow + lo * M);
       }
       for (int64_t ox = hi; ox < OW; ++ox) border(ox);
     }

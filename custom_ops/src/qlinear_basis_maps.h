@@ -51,6 +51,7 @@ class QLinearBasisMaps : public KernelBase<QLinearBasisMaps> {
   std::vector<float> weights_t_storage_;
   float* weights_t_ = nullptr;       // [kh*kw][M]  (channels last, integers as floats), 64-byte aligned
   std::vector<int32_t> bias_;     // [M], zeros when absent
+  std::vector<float> float_bias_;  // [M + 16]: bias_ as floats where float sums are exact (qbm::FloatSumsExact), else empty
   std::vector<float> scales_;     // [M + 16]: x_scale * w_scale[o] / y_scale (1 past M)
   const qbm::Kernels* kernels_ = nullptr;
   // Channels last with VNNI (kW <= 4): qbm::RowKernels' packed weights [kh][M + 16] and bias

@@ -17,8 +17,12 @@ struct Requant {
   int32_t zero_point;
 };
 
-// Float sums of u8 x s8 products are exact while taps * 255 * 128 < 2^24.
-inline constexpr int64_t kExactFloatTaps = ((int64_t{1} << 24) - 1) / (255 * 128);
+// Float sums of u8 x s8 products that start from a bias are exact while every partial sum is
+// an integer below 2^24 in magnitude: |bias| + taps * 255 * 128 < 2^24 (kernels of up to 514
+// taps with a zero bias).
+inline constexpr bool FloatSumsExact(int64_t taps, int64_t max_abs_bias) {
+  return taps <= ((int64_t{1} << 24) - 1) / (255 * 128) && max_abs_bias < (int64_t{1} << 24) - taps * 255 * 128;
+}
 
 struct Kernels {
   const char* name;
@@ -43,10 +47,10 @@ struct Kernels {
   // reads tap tap_index[i] at x + p * x_step + offsets[i] (x: the input minus its
   // zero point, from `shifted`) and writes y[p*d*C + m*C + c] for m < d, c < C.
   // ntaps taps (those inside the input; n = 1 for a pixel at the border), w
-  // [taps][d*C], integers held as floats, bias [d*C], scales [d*C]. Sums are
-  // taken in float: only for taps <= kExactFloatTaps.
+  // [taps][d*C] and bias [d*C], integers held as floats, scales [d*C]. Sums are
+  // taken in float from the bias: only where FloatSumsExact.
   void (*pixels)(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
-                 int64_t ntaps, int64_t C, int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y);
+                 int64_t ntaps, int64_t C, int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y);
 };
 
 // Channels last with AVX-512 VNNI: four taps of one kernel row in each int32

@@ -66,17 +66,41 @@ inline VB Narrow(VI v) {
   return __builtin_convertvector(v, VB);
 }
 
-// MLAS's requantization: clamp in float to [-zp, 255 - zp], round half to even by adding
-// 1.5 * 2^23 and reading the low mantissa bits, then add the zero point.
-inline VB Requantize(VI acc, VF scale, int32_t zero_point) {
-  VF v = __builtin_convertvector(acc, VF) * scale;
+// MLAS's requantization of sums held as floats (exact integers): scale, clamp in float to
+// [-zp, 255 - zp], round half to even by adding 1.5 * 2^23 and reading the low mantissa bits,
+// then add the zero point. The lanes are left in [0, 255] as int32.
+inline VI RequantizeLanes(VF v, VF scale, int32_t zero_point) {
+  v = v * scale;
   const VF lo = SplatF(static_cast<float>(0 - zero_point)), hi = SplatF(static_cast<float>(255 - zero_point));
   v = v < lo ? lo : v;
   v = v > hi ? hi : v;
   const VF r = v + SplatF(12582912.0f);  // 1.5 * 2^23
   VI bits;
   __builtin_memcpy(&bits, &r, sizeof(bits));
-  return Narrow(bits + SplatI(zero_point - 0x4B400000));
+  return bits + SplatI(zero_point - 0x4B400000);
+}
+
+inline VB Requantize(VI acc, VF scale, int32_t zero_point) {
+  return Narrow(RequantizeLanes(__builtin_convertvector(acc, VF), scale, zero_point));
+}
+
+// Two vectors of requantized lanes to 2 * L consecutive bytes at y.
+inline void StorePair(VI a, VI b, uint8_t* y) {
+#if defined(__AVX2__)
+  if constexpr (L == 8) {
+    // One pack of both: words a0-3 b0-3 | a4-7 b4-7, put in order by a quadword permute, then
+    // one byte pack of the two halves.
+    __m256i x, z;
+    __builtin_memcpy(&x, &a, sizeof(x));
+    __builtin_memcpy(&z, &b, sizeof(z));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(x, z), 0xD8);
+    const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y), bytes);
+    return;
+  }
+#endif
+  *reinterpret_cast<VB*>(y) = Narrow(a);
+  *reinterpret_cast<VB*>(y + L) = Narrow(b);
 }
 
 inline uint8_t RequantizeOne(int32_t acc, float scale, int32_t zero_point) {
@@ -143,15 +167,16 @@ void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, flo
 
 // MC maps (of the d) for channels [c, c + NB*L): the input vectors of each tap are loaded once,
 // and the NB*MC sums are independent chains (one chain per vector would wait on the FMA latency).
-// The products and sums are taken in float, which is exact here: |sum| <= taps * 255 * 128
-// < 2^24 (kExactFloatTaps), so float(sum) is the integer sum.
+// The sums start from the bias and are taken in float, which is exact here: every partial sum
+// is an integer of magnitude at most |bias| + taps * 255 * 128 < 2^24 (FloatSumsExact), so the
+// float is the integer sum QLinearConv requantizes.
 template <int MC, int NB>
 inline void PixelBlock(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                       int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const int32_t* bias,
+                       int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const float* bias,
                        Requant rq, uint8_t* y) {
   VF a[NB][MC];
   for (int v = 0; v < NB; ++v)
-    for (int j = 0; j < MC; ++j) a[v][j] = VF{};
+    for (int j = 0; j < MC; ++j) a[v][j] = *reinterpret_cast<const VF*>(bias + (m0 + j) * C + c + v * L);
   for (int64_t i = 0; i < ntaps; ++i) {
     const float* xi = x + offsets[i] + c;
     const float* wt = w + tap_index[i] * M + m0 * C + c;
@@ -160,11 +185,18 @@ inline void PixelBlock(const float* x, const int64_t* offsets, const int64_t* ta
       for (int j = 0; j < MC; ++j) a[v][j] += *reinterpret_cast<const VF*>(wt + j * C + v * L) * xv;
     }
   }
-  for (int v = 0; v < NB; ++v) {
-    for (int j = 0; j < MC; ++j) {
-      const int64_t o = (m0 + j) * C + c + v * L;
-      const VI sum = __builtin_convertvector(a[v][j], VI) + Load(bias + o);
-      *reinterpret_cast<VB*>(y + o) = Requantize(sum, *reinterpret_cast<const VF*>(rq.scale + o), rq.zero_point);
+  for (int j = 0; j < MC; ++j) {
+    const int64_t o = (m0 + j) * C + c;
+    int v = 0;
+    for (; v + 2 <= NB; v += 2) {
+      StorePair(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(rq.scale + o + v * L), rq.zero_point),
+                RequantizeLanes(a[v + 1][j], *reinterpret_cast<const VF*>(rq.scale + o + (v + 1) * L),
+                                rq.zero_point),
+                y + o + v * L);
+    }
+    for (; v < NB; ++v) {
+      *reinterpret_cast<VB*>(y + o + v * L) =
+          Narrow(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(rq.scale + o + v * L), rq.zero_point));
     }
   }
 }
@@ -172,7 +204,7 @@ inline void PixelBlock(const float* x, const int64_t* offsets, const int64_t* ta
 // All d maps of channels [c, c + NB*L), up to four at a time.
 template <int NB>
 inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t M,
-                          int64_t C, int64_t d, int64_t c, const float* w, const int32_t* bias, Requant rq,
+                          int64_t C, int64_t d, int64_t c, const float* w, const float* bias, Requant rq,
                           uint8_t* y) {
   int64_t m = 0;
   for (; m + 4 <= d; m += 4) PixelBlock<4, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y);
@@ -187,8 +219,8 @@ inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t*
 // Vectors of channels per block: 4 x 4 sums in flight fit AVX-512's 32 registers, 2 x 4 AVX2's 16.
 constexpr int kBlocks = L >= 16 ? 4 : 2;
 
-inline void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C, int64_t d,
-           const float* w, const int32_t* bias, Requant rq, uint8_t* y) {
+inline void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C,
+                  int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y) {
   const int64_t M = C * d;
   int64_t c = 0;
   for (; c + kBlocks * L <= C; c += kBlocks * L)
@@ -196,19 +228,19 @@ inline void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_ind
   for (; c + L <= C; c += L) PixelChannels<1>(x, offsets, tap_index, ntaps, M, C, d, c, w, bias, rq, y);
   for (; c < C; ++c) {  // channels past the last whole vector
     for (int64_t m = 0; m < d; ++m) {
-      float a = 0.0f;
+      float a = bias[m * C + c];
       for (int64_t i = 0; i < ntaps; ++i) {
         const int64_t t = tap_index[i];
         a += w[t * M + m * C + c] * x[offsets[i] + c];
       }
-      y[m * C + c] = RequantizeOne(static_cast<int32_t>(a) + bias[m * C + c], rq.scale[m * C + c], rq.zero_point);
+      y[m * C + c] = RequantizeOne(static_cast<int32_t>(a), rq.scale[m * C + c], rq.zero_point);
     }
   }
 }
 
 // A run of pixels with one tap list (Pixel inlined: no call and no tap listing per pixel).
 void Pixels(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
-            int64_t ntaps, int64_t C, int64_t d, const float* w, const int32_t* bias, Requant rq, uint8_t* y) {
+            int64_t ntaps, int64_t C, int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y) {
   const int64_t M = C * d;
   for (int64_t p = 0; p < n; ++p) Pixel(x + p * x_step, offsets, tap_index, ntaps, C, d, w, bias, rq, y + p * M);
 }
