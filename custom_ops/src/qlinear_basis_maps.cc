@@ -243,8 +243,8 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
   const int64_t hi = last < 0 ? lo : std::max(lo, std::min(OW, last / g.stride_w + 1));
   auto lease = SharedTaskBuffers().Acquire();
   TaskBuffers& buffers = *lease;
-  // per task: the ring, then a tag per slot, a ring offset per kernel row, and an offset and a
-  // tap index per tap for a border pixel and for the inner run (int64: two floats each)
+  // per task: the ring, then a tag per slot, a ring offset per kernel row, and an input and a
+  // weight offset per tap for a border pixel and for the inner run (int64: two floats each)
   const int64_t index_words = CheckedAdd(slots + g.kh, CheckedMul(taps, 4, "taps"), "taps");
   buffers.Reserve(tasks, CheckedAdd(ring, CheckedMul(index_words, 2, "taps"), "input rows"));
   const qbm::Requant rq{scales_.data(), y_zero_point_};
@@ -254,9 +254,9 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
     int64_t* tags = reinterpret_cast<int64_t*>(buffer.data() + ring);
     int64_t* row_at = tags + slots;  // ring offset of the input row kernel row ky reads, -1 outside
     int64_t* offsets = row_at + g.kh;
-    int64_t* tap_index = offsets + taps;
-    int64_t* inner_offsets = tap_index + taps;
-    int64_t* inner_index = inner_offsets + taps;
+    int64_t* weight_at = offsets + taps;  // offset of the tap's weights: tap index * M
+    int64_t* inner_offsets = weight_at + taps;
+    int64_t* inner_weights = inner_offsets + taps;
     RowRing rows(slots, tags);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
@@ -271,7 +271,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
         row_at[ky] = s * row;
         for (int64_t kx = 0; kx < g.kw; ++kx) {  // relative to the run's first input column
           inner_offsets[inner] = row_at[ky] + kx * g.dil_w * C;
-          inner_index[inner++] = ky * g.kw + kx;
+          inner_weights[inner++] = (ky * g.kw + kx) * M;
         }
       }
       uint8_t* yrow = y + (n * OH + oy) * OW * M;
@@ -283,15 +283,15 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
             const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
             if (ix < 0 || ix >= W) continue;
             offsets[count] = row_at[ky] + ix * C;
-            tap_index[count++] = ky * g.kw + kx;
+            weight_at[count++] = (ky * g.kw + kx) * M;
           }
         }
-        kernels_->pixels(xs, 0, 1, offsets, tap_index, count, C, d, weights_t_, float_bias_.data(), rq,
+        kernels_->pixels(xs, 0, 1, offsets, weight_at, count, C, d, weights_t_, float_bias_.data(), rq,
                         yrow + ox * M);
       };
       for (int64_t ox = 0; ox < lo; ++ox) border(ox);
       if (hi > lo) {
-        kernels_->pixels(xs + (lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets, inner_index,
+        kernels_->pixels(xs + (lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets, inner_weights,
                          inner, C, d, weights_t_, float_bias_.data(), rq, yrow + lo * M);
       }
       for (int64_t ox = hi; ox < OW; ++ox) border(ox);

@@ -44,12 +44,14 @@ struct Kernels {
   // Channels last: out[i] = x[i] - zero_point as float, i < n (exact).
   void (*shifted)(const uint8_t* x, int64_t n, int32_t zero_point, float* out);
   // Channels last, `n` output pixels of one row that read the same taps: pixel p
-  // reads tap tap_index[i] at x + p * x_step + offsets[i] (x: the input minus its
-  // zero point, from `shifted`) and writes y[p*d*C + m*C + c] for m < d, c < C.
-  // ntaps taps (those inside the input; n = 1 for a pixel at the border), w
-  // [taps][d*C] and bias [d*C], integers held as floats, scales [d*C]. Sums are
-  // taken in float from the bias: only where FloatSumsExact.
-  void (*pixels)(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
+  // reads its i-th tap at x + p * x_step + offsets[i] (x: the input minus its zero
+  // point, from `shifted`), whose weights are w[w_offsets[i] + o] for output o
+  // (w_offsets[i] = the tap's index in the kernel times d*C), and writes
+  // y[p*d*C + m*C + c] for m < d, c < C. ntaps taps (those inside the input; n = 1
+  // for a pixel at the border), w [taps][d*C] and bias [d*C], integers held as
+  // floats, scales [d*C]. Sums are taken in float from the bias: only where
+  // FloatSumsExact.
+  void (*pixels)(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* w_offsets,
                  int64_t ntaps, int64_t C, int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y);
 };
 

@@ -165,53 +165,61 @@ void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, flo
   }
 }
 
-// MC maps (of the d) for channels [c, c + NB*L): the input vectors of each tap are loaded once,
-// and the NB*MC sums are independent chains (one chain per vector would wait on the FMA latency).
+// MC maps (of the d) for channels [c, c + NB*L), for each of the n pixels of a run (pixel p's
+// input at x + p * x_step): the input vectors of each tap are loaded once, and the NB*MC sums
+// are independent chains (one chain per vector would wait on the FMA latency). The run is the
+// outer loop here, so that the block's weight, bias and scale pointers stay in registers.
 // The sums start from the bias and are taken in float, which is exact here: every partial sum
 // is an integer of magnitude at most |bias| + taps * 255 * 128 < 2^24 (FloatSumsExact), so the
 // float is the integer sum QLinearConv requantizes.
 template <int MC, int NB>
-inline void PixelBlock(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps,
-                       int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const float* bias,
-                       Requant rq, uint8_t* y) {
-  VF a[NB][MC];
-  for (int v = 0; v < NB; ++v)
-    for (int j = 0; j < MC; ++j) a[v][j] = *reinterpret_cast<const VF*>(bias + (m0 + j) * C + c + v * L);
-  for (int64_t i = 0; i < ntaps; ++i) {
-    const float* xi = x + offsets[i] + c;
-    const float* wt = w + tap_index[i] * M + m0 * C + c;
-    for (int v = 0; v < NB; ++v) {
-      const VF xv = *reinterpret_cast<const VF*>(xi + v * L);
-      for (int j = 0; j < MC; ++j) a[v][j] += *reinterpret_cast<const VF*>(wt + j * C + v * L) * xv;
+inline void RunBlock(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* w_offsets,
+                     int64_t ntaps, int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const float* bias,
+                     Requant rq, uint8_t* y) {
+  const float* wb = w + m0 * C + c;
+  const float* bb = bias + m0 * C + c;
+  const float* sb = rq.scale + m0 * C + c;
+  uint8_t* yb = y + m0 * C + c;
+  const float* xb = x + c;
+  for (int64_t p = 0; p < n; ++p, xb += x_step, yb += M) {
+    VF a[NB][MC];
+    for (int v = 0; v < NB; ++v)
+      for (int j = 0; j < MC; ++j) a[v][j] = *reinterpret_cast<const VF*>(bb + j * C + v * L);
+    for (int64_t i = 0; i < ntaps; ++i) {
+      const float* xi = xb + offsets[i];
+      const float* wt = wb + w_offsets[i];
+      for (int v = 0; v < NB; ++v) {
+        const VF xv = *reinterpret_cast<const VF*>(xi + v * L);
+        for (int j = 0; j < MC; ++j) a[v][j] += *reinterpret_cast<const VF*>(wt + j * C + v * L) * xv;
+      }
     }
-  }
-  for (int j = 0; j < MC; ++j) {
-    const int64_t o = (m0 + j) * C + c;
-    int v = 0;
-    for (; v + 2 <= NB; v += 2) {
-      StorePair(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(rq.scale + o + v * L), rq.zero_point),
-                RequantizeLanes(a[v + 1][j], *reinterpret_cast<const VF*>(rq.scale + o + (v + 1) * L),
-                                rq.zero_point),
-                y + o + v * L);
-    }
-    for (; v < NB; ++v) {
-      *reinterpret_cast<VB*>(y + o + v * L) =
-          Narrow(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(rq.scale + o + v * L), rq.zero_point));
+    for (int j = 0; j < MC; ++j) {
+      int v = 0;
+      for (; v + 2 <= NB; v += 2) {
+        StorePair(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), rq.zero_point),
+                  RequantizeLanes(a[v + 1][j], *reinterpret_cast<const VF*>(sb + j * C + (v + 1) * L),
+                                  rq.zero_point),
+                  yb + j * C + v * L);
+      }
+      for (; v < NB; ++v) {
+        *reinterpret_cast<VB*>(yb + j * C + v * L) =
+            Narrow(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), rq.zero_point));
+      }
     }
   }
 }
 
-// All d maps of channels [c, c + NB*L), up to four at a time.
+// All d maps of channels [c, c + NB*L) for the run, up to four at a time.
 template <int NB>
-inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t M,
-                          int64_t C, int64_t d, int64_t c, const float* w, const float* bias, Requant rq,
-                          uint8_t* y) {
+inline void RunChannels(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* w_offsets,
+                        int64_t ntaps, int64_t M, int64_t C, int64_t d, int64_t c, const float* w, const float* bias,
+                        Requant rq, uint8_t* y) {
   int64_t m = 0;
-  for (; m + 4 <= d; m += 4) PixelBlock<4, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y);
+  for (; m + 4 <= d; m += 4) RunBlock<4, NB>(x, x_step, n, offsets, w_offsets, ntaps, M, C, c, m, w, bias, rq, y);
   switch (d - m) {
-    case 3: PixelBlock<3, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
-    case 2: PixelBlock<2, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
-    case 1: PixelBlock<1, NB>(x, offsets, tap_index, ntaps, M, C, c, m, w, bias, rq, y); break;
+    case 3: RunBlock<3, NB>(x, x_step, n, offsets, w_offsets, ntaps, M, C, c, m, w, bias, rq, y); break;
+    case 2: RunBlock<2, NB>(x, x_step, n, offsets, w_offsets, ntaps, M, C, c, m, w, bias, rq, y); break;
+    case 1: RunBlock<1, NB>(x, x_step, n, offsets, w_offsets, ntaps, M, C, c, m, w, bias, rq, y); break;
     default: break;
   }
 }
@@ -219,30 +227,23 @@ inline void PixelChannels(const float* x, const int64_t* offsets, const int64_t*
 // Vectors of channels per block: 4 x 4 sums in flight fit AVX-512's 32 registers, 2 x 4 AVX2's 16.
 constexpr int kBlocks = L >= 16 ? 4 : 2;
 
-inline void Pixel(const float* x, const int64_t* offsets, const int64_t* tap_index, int64_t ntaps, int64_t C,
-                  int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y) {
+// A run of n pixels that read the same taps (Kernels::pixels).
+void Pixels(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* w_offsets,
+            int64_t ntaps, int64_t C, int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y) {
   const int64_t M = C * d;
   int64_t c = 0;
   for (; c + kBlocks * L <= C; c += kBlocks * L)
-    PixelChannels<kBlocks>(x, offsets, tap_index, ntaps, M, C, d, c, w, bias, rq, y);
-  for (; c + L <= C; c += L) PixelChannels<1>(x, offsets, tap_index, ntaps, M, C, d, c, w, bias, rq, y);
-  for (; c < C; ++c) {  // channels past the last whole vector
-    for (int64_t m = 0; m < d; ++m) {
-      float a = bias[m * C + c];
-      for (int64_t i = 0; i < ntaps; ++i) {
-        const int64_t t = tap_index[i];
-        a += w[t * M + m * C + c] * x[offsets[i] + c];
+    RunChannels<kBlocks>(x, x_step, n, offsets, w_offsets, ntaps, M, C, d, c, w, bias, rq, y);
+  for (; c + L <= C; c += L) RunChannels<1>(x, x_step, n, offsets, w_offsets, ntaps, M, C, d, c, w, bias, rq, y);
+  for (int64_t p = 0; p < n; ++p) {
+    for (int64_t cc = c; cc < C; ++cc) {  // channels past the last whole vector
+      for (int64_t m = 0; m < d; ++m) {
+        float a = bias[m * C + cc];
+        for (int64_t i = 0; i < ntaps; ++i) a += w[w_offsets[i] + m * C + cc] * x[p * x_step + offsets[i] + cc];
+        y[p * M + m * C + cc] = RequantizeOne(static_cast<int32_t>(a), rq.scale[m * C + cc], rq.zero_point);
       }
-      y[m * C + c] = RequantizeOne(static_cast<int32_t>(a), rq.scale[m * C + c], rq.zero_point);
     }
   }
-}
-
-// A run of pixels with one tap list (Pixel inlined: no call and no tap listing per pixel).
-void Pixels(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* tap_index,
-            int64_t ntaps, int64_t C, int64_t d, const float* w, const float* bias, Requant rq, uint8_t* y) {
-  const int64_t M = C * d;
-  for (int64_t p = 0; p < n; ++p) Pixel(x + p * x_step, offsets, tap_index, ntaps, C, d, w, bias, rq, y + p * M);
 }
 
 }  // namespace
