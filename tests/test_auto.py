@@ -311,16 +311,14 @@ def test_confirm_bound_allows_for_the_looks():
         Evaluator(model, feeds, None).confirm(model, 0.5)
 
 
-def test_auto_gives_layers_back_where_the_held_out_share_of_eval_misses(monkeypatch):
-    """Step 8: planning sees only --eval digits the original is sure of (no layer of ours can flip
-    them), the held-out share only digits blended onto the original's decision boundary (any
-    change flips some): the planned model misses --max-drop 0 there, so layers are given back, each
-    a look at the held-out share, until the written model (run in ORT) loses nothing on it."""
+def boundary_split(model):
+    """(xs, ys, search, held, scores): 400 test digits; for planning, the 120 of them the
+    canonicalised original is surest of (no layer of ours flips them); held out, digits blended
+    between pairs of different predicted class onto the original's decision boundary (any
+    change flips some), each labelled as the original predicts it; scores(x) the original's."""
     import onnxcompress.plan.planner as planner
     from onnxcompress.inputs import dataset_arrays
-    from onnxcompress.model_io import load_model
 
-    model = load_model("models/digits_cnn.onnx")
     xs, ys = dataset_arrays("mnist-test", 400, seed=0, model=model)
     # the reference is the canonicalised original (BatchNorm folded, ...), as the planner's
     orig = InferenceSession(planner._canonical(model).SerializeToString())
@@ -350,6 +348,19 @@ def test_auto_gives_layers_back_where_the_held_out_share_of_eval_misses(monkeypa
     xb = np.stack(boundary).astype(np.float32)
     search = (xs[sure], pred[sure])  # labelled as the original predicts: it is right on all
     held = (xb, np.argmax(scores(xb), 1))
+    return xs, ys, search, held, scores
+
+
+def test_auto_gives_layers_back_where_the_held_out_share_of_eval_misses(monkeypatch):
+    """Step 8: planning sees only --eval digits the original is sure of (no layer of ours can flip
+    them), the held-out share only digits blended onto the original's decision boundary (any
+    change flips some): the planned model misses --max-drop 0 there, so layers are given back, each
+    a look at the held-out share, until the written model (run in ORT) loses nothing on it."""
+    import onnxcompress.plan.planner as planner
+    from onnxcompress.model_io import load_model
+
+    model = load_model("models/digits_cnn.onnx")
+    xs, ys, search, held, scores = boundary_split(model)
     monkeypatch.setattr(planner, "split_eval", lambda data, fraction, seed: (search, held))
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]

@@ -281,3 +281,65 @@ def test_a_replacement_the_stage_cannot_quantize_is_placed_in_fp32(monkeypatch):
                         timer=CostTimer(per_int8=0.5), report_threads=(1,))
     assert result.summary["meets_budget"] and "int8" in result.summary["plan"]
     InferenceSession(result.model.SerializeToString()).run(None, feeds[0])
+
+
+def test_least_damaging_prefix_ranks_by_damage_alone_and_bisects():
+    """The stage on each layer alone, ranked by its error on the validation inputs; then the longest
+    prefix of that ranking the caller accepts (here: at most two layers), whose model is INT8 on
+    exactly those layers, the two least damaging alone."""
+    from onnxcompress.plan.budget import Evaluator
+    from onnxcompress.plan.stages import least_damaging_prefix
+
+    model = modelgen.small_resnet()
+    layers = conv_names(model)
+    fit, val, _, _ = split_feeds(_feeds(model, 48), 0.5, 0)
+    stage = STAGES["int8"]
+    base = stage.prepare(model)
+    evaluator = Evaluator(model, val, None)
+    seen = {}
+
+    def accepts(m, k):
+        seen[k] = set(int8_convs(m))
+        return len(seen[k]) <= 2, k
+
+    kept, written, result = least_damaging_prefix(stage, base, layers, fit, evaluator, accepts)
+    assert len(kept) == 2 and result == 2 and set(int8_convs(written)) == set(kept)
+    assert 3 in seen and set(kept) < seen[3]  # bisection looked one layer further and was refused
+    alone = {n: evaluator.measure(stage.apply(base, [n], fit), with_eval=False, screen=True).rel_error
+             for n in layers}
+    assert max(alone[n] for n in kept) <= min(alone[n] for n in layers if n not in kept)
+    none = least_damaging_prefix(stage, base, layers, fit, evaluator, lambda m, k: (False, None))
+    assert none == ([], None, None)
+    capped = least_damaging_prefix(stage, base, layers, fit, evaluator, lambda m, k: (True, k), at_most=1)
+    assert len(capped[0]) == 1 and capped[0][0] == kept[0]
+
+
+def test_held_out_miss_gives_int8_layers_back_before_the_original(monkeypatch):
+    """Step 8 with the INT8 stage alone planned: it meets --max-drop 0 on the digits planning sees
+    (the original is sure of them) and misses on the held-out share (digits on the decision
+    boundary). Before writing the original, the stage's layers go back (least damaging alone
+    kept, bisected, each a look); the written model, run in ORT, loses nothing there."""
+    import onnxcompress.plan.planner as planner
+    from onnxcompress.model_io import load_model
+    from test_auto import boundary_split
+
+    model = load_model("models/digits_cnn.onnx")
+    xs, ys, search, held, scores = boundary_split(model)
+    monkeypatch.setattr(planner, "split_eval", lambda data, fraction, seed: (search, held))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
+    said = []
+    result = plan_model(model, feeds, max_drop=0.0, eval_data=(xs, ys), layers=convs[1:5], kinds=["int8"],
+                        timer=CostTimer(), report_threads=(1,), progress=said.append)
+    s, c = result.summary, result.summary["confirmed"]
+    first = next(line for line in said if "the written model on the" in line)
+    assert "misses the budget" in first  # INT8 on the 4 layers lost boundary digits
+    tried = [line for line in said if "least damaging of its 4 layers, on the held-out" in line]
+    assert tried and c["looks"] == 1 + len(tried) + (s["plan"] == "original")
+    assert c["meets"] and c["drop"] == 0.0 and s["meets_budget"]
+    written = set(int8_convs(result.model))
+    assert len(written) < 4 and written <= set(convs[1:5])
+    sess = InferenceSession(result.model.SerializeToString())
+    lost = np.sum((np.argmax(scores(held[0]), 1) == held[1]) & (np.argmax(sess.run(None, {"input": held[0]})[0], 1)
+                                                                 != held[1]))
+    assert lost == c["lost"] == 0  # as ORT gives it for the written model

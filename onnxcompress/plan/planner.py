@@ -25,8 +25,9 @@
 7. Whole-model stages (INT8) on the Convs the plan left, where they pay.
 8. With --max-drop, the share of --eval held out of planning (`confirm_fraction`) is looked at
    once, for the written model: the drop the report states. Where it misses the budget there,
-   the least damaging layers of ours are kept (bisected), then the stage alone, then the
-   original, each a further look that the reported bound allows for.
+   the least damaging layers of ours are kept (bisected), then the stage alone, then the stage
+   on the least damaging of its layers alone (bisected), then the original, each a further look
+   that the reported bound allows for.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .budget import (DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_F
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
 from .splice import Replacement, replacement_of, revert, splice, splice_into
-from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, run_stage, split_kinds
+from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, least_damaging_prefix, run_stage, split_kinds
 from .timing import ModelTimer, TimingCache, rebased
 
 log = logging.getLogger("onnxcompress")
@@ -161,6 +162,28 @@ def _provided():
     for p in canonicalize():
         out |= p.ensures
     return frozenset(out)
+
+
+def _stage_on_held_out(base_stage: StageOutcome, canon, fit_feeds, evaluator, max_drop, relative_speed, say):
+    """Planner step 8, where the stage alone misses --max-drop on the held-out share of --eval:
+    (layers, model, confirmation) of the stage on the longest prefix of its layers, least damaging
+    alone first, that meets it there (bisection, each prefix a look) and is faster than the
+    original; ([], None, None) where none does."""
+    stage = STAGES[base_stage.stage]
+
+    def confirms(mq: onnx.ModelProto, k: int):
+        c = evaluator.confirm(mq, max_drop)
+        say(f"auto: {stage.name} on the {k} least damaging of its {len(base_stage.layers)} layers, on the held-out "
+            f"--eval inputs: {c.as_dict()}")
+        return c.meets, c
+
+    layers, model, confirmation = least_damaging_prefix(
+        stage, stage.prepare(canon), list(base_stage.layers), list(fit_feeds)[:stage.max_feeds], evaluator, confirms,
+        at_most=len(base_stage.layers) - 1)
+    if layers and relative_speed(canon, model) < 1.0:
+        say(f"auto: {stage.name} on those {len(layers)} layers is slower than the original: not kept")
+        return [], None, None
+    return layers, model, confirmation
 
 
 def _canonical(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -649,7 +672,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # ---------------------------------------------------------------- 8. the held-out share of --eval
     # Planning looked at its part of --eval at every step and kept what passed; the share held out
     # of it is looked at here, once, for the written model. Where the drop there misses the budget,
-    # layers of ours go back (the least damaging kept, bisected), then the stage, each a look.
+    # layers of ours go back (the least damaging kept, bisected), then the stage's (likewise), each
+    # a look.
     confirmation = None
     if evaluator.confirm_data is not None:
         confirmation = evaluator.confirm(final, budget.max_drop)
@@ -657,6 +681,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             f"{confirmation.as_dict()} {'meets' if confirmation.meets else 'misses'} the budget")
         if not confirmation.meets:
             first, first_drop = confirmation, final_m.eval_drop
+            stage_layers = list(base_stage.layers) if base_stage is not None else []
             gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
             looked: dict[int, Any] = {}
 
@@ -682,12 +707,22 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                     final, what = base_model, f"{base_stage.stage} on the original alone written"
                 else:
                     final, what = canon, "the canonicalised original written"
-                    confirmation = evaluator.confirm(canon, budget.max_drop)
-            for n in (set(chosen) | (set(staged) if final is canon else set())) - kept:
+                    if base_stage is not None and len(base_stage.layers) > 1:
+                        # the stage misses there too: its layers go back, the most damaging alone first
+                        # (bisection, each prefix one more look at the held-out share)
+                        stage_layers, stage_model, confirmation = _stage_on_held_out(
+                            base_stage, canon, fit_feeds, evaluator, budget.max_drop, relative_speed, say)
+                        if stage_layers:
+                            final = stage_model
+                            what = (f"{base_stage.stage} on {len(stage_layers)} of its {len(base_stage.layers)} "
+                                    "layers of the original written (the least damaging alone)")
+                    if final is canon:
+                        confirmation = evaluator.confirm(canon, budget.max_drop)
+            for n in (set(chosen) | set(staged)) - kept - set(stage_layers if final is not canon else ()):
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
             chosen = {n: chosen[n] for n in kept}
             if base_stage is not None and final is not canon:
-                staged = {n: base_stage.stage for n in base_stage.layers if n not in kept}
+                staged = {n: base_stage.stage for n in stage_layers if n not in kept}
                 left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
                 plan_kind = (plan_kind.split(" + ")[0] + " + " if kept else "") + base_stage.stage
             else:

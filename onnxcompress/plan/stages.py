@@ -188,6 +188,35 @@ def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, r
     return trial, mt, True, gain
 
 
+def least_damaging_prefix(stage: Stage, base: onnx.ModelProto, layers: list[str], feeds, evaluator,
+                          accepts: Callable[[onnx.ModelProto, int], tuple[bool, Any]], at_most: int | None = None):
+    """(kept, model, result): the stage on the longest prefix of `layers`, least damaging alone
+    first, of at most `at_most` layers (default: all), that `accepts(model, k) -> (ok, result)`
+    takes (bisection; assumes a longer prefix fails once a shorter one does); ([], None, None)
+    where no prefix is taken. A layer's damage alone is
+    the relative output error of the stage on it by itself, on the validation part of the
+    calibration inputs (`base` as the stage prepared it, `feeds` its calibration feeds).
+
+    (Ordering by damage per unit of time saved, each layer's saving timed in the fully staged model,
+    was tried and was worse on MobileNetV2: 16 layers at 0.99x instead of 22 at 1.14x; a layer's
+    saving there includes conversions that a sparser INT8 model pays anyway. docs/results.md)"""
+    alone = {n: evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
+             for n in layers}
+    gentle = sorted(layers, key=lambda n: (alone[n], n))
+    trials = {}
+
+    def passes(k: int) -> bool:
+        mq = stage.apply(base, gentle[:k], feeds)
+        ok, result = accepts(mq, k)
+        trials[k] = (mq, result)
+        return ok
+
+    k = longest_passing(len(gentle) if at_most is None else min(at_most, len(gentle)), passes)
+    if k == 0:
+        return [], None, None
+    return gentle[:k], trials[k][0], trials[k][1]
+
+
 def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evaluator, budget, with_eval: bool,
               speed: Callable[[onnx.ModelProto], float], say: Callable[[str], None],
               restrict: set[str] | None = None,
@@ -220,31 +249,17 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
     say(f"auto: {stage.name} on all {len(layers)} layers of the {base_name}: {m.as_dict()}")
     kept = list(layers)
     if not budget.holds(m):
-        # the damage of each layer alone, then the longest least-damaging prefix that holds. (Ordering by
-        # damage per unit of time saved, each layer's saving timed in the fully staged model, was tried
-        # and was worse on MobileNetV2: 16 layers at 0.99x instead of 22 at 1.14x; a layer's saving
-        # there includes conversions that a sparser INT8 model pays anyway. docs/results.md)
-        alone = {}
-        for n in layers:
-            alone[n] = evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
-        gentle = sorted(layers, key=lambda n: (alone[n], n))
-        trials = {}
-
-        def holds(k: int) -> bool:
-            mq = stage.apply(base, gentle[:k], feeds)
+        def holds(mq: onnx.ModelProto, k: int):
             mk = evaluator.measure(mq, with_eval=with_eval)
-            trials[k] = (mq, mk)
             say(f"auto: {stage.name} on the {k} least damaging layers of the {base_name}: {mk.as_dict()}")
-            return budget.holds(mk)
+            return budget.holds(mk), mk
 
-        k = longest_passing(len(gentle), holds)
-        kept = gentle[:k]
-        out.given_back = gentle[k:]
-        if k == 0:
+        kept, model, m = least_damaging_prefix(stage, base, layers, feeds, evaluator, holds)
+        out.given_back = [n for n in layers if n not in kept]
+        if not kept:
             out.note = "misses the budget with any layer"
             out.seconds = time.perf_counter() - t0
             return out
-        model, m = trials[k]
     if relative is not None and len(kept) > 1:
         kept, model, m, out.left_for_speed = _leave_out_slower(stage, base, kept, model, m, feeds, evaluator, budget,
                                                                with_eval, relative, min_gain, say, base_name)
