@@ -227,7 +227,7 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
 // its outputs read, minus the zero point as float, in a ring of S = (kh-1)*dil_h + 1 rows of its
 // own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache). Per
 // output row the taps are listed once for the columns whose kernel lies inside the input (one
-// run for the kernels), and per pixel only at the left and right borders.
+// kernel call for that run of pixels), and per pixel only at the left and right borders.
 void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
                                      const uint8_t* x, uint8_t* y) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
