@@ -311,6 +311,18 @@ def test_confirm_bound_allows_for_the_looks():
         Evaluator(model, feeds, None).confirm(model, 0.5)
 
 
+def boundary_setup():
+    """(model, xs, ys, search, held, scores, convs, feeds) for the held-out tests: digits_cnn, its
+    boundary_split, its Conv names and five calibration feeds of 8 test digits."""
+    from onnxcompress.model_io import load_model
+
+    model = load_model("models/digits_cnn.onnx")
+    xs, ys, search, held, scores = boundary_split(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
+    return model, xs, ys, search, held, scores, convs, feeds
+
+
 def boundary_split(model):
     """(xs, ys, search, held, scores): 400 test digits; for planning, the 120 of them the
     canonicalised original is surest of (no layer of ours flips them); held out, digits blended
@@ -357,13 +369,9 @@ def test_auto_gives_layers_back_where_the_held_out_share_of_eval_misses(monkeypa
     change flips some): the planned model misses --max-drop 0 there, so layers are given back, each
     a look at the held-out share, until the written model (run in ORT) loses nothing on it."""
     import onnxcompress.plan.planner as planner
-    from onnxcompress.model_io import load_model
 
-    model = load_model("models/digits_cnn.onnx")
-    xs, ys, search, held, scores = boundary_split(model)
+    model, xs, ys, search, held, scores, convs, feeds = boundary_setup()
     monkeypatch.setattr(planner, "split_eval", lambda data, fraction, seed: (search, held))
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
     said = []
     result = plan_model(model, feeds, max_drop=0.0, eval_data=(xs, ys), layers=convs[1:4],
                         candidates=candidate_list("cluspa")[:1], timer=FakeTimer(), report_threads=(1,),

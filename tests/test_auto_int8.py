@@ -320,14 +320,10 @@ def test_held_out_miss_gives_int8_layers_back_before_the_original(monkeypatch):
     boundary). Before writing the original, the stage's layers go back (least damaging alone
     kept, bisected, each a look); the written model, run in ORT, loses nothing there."""
     import onnxcompress.plan.planner as planner
-    from onnxcompress.model_io import load_model
-    from test_auto import boundary_split
+    from test_auto import boundary_setup
 
-    model = load_model("models/digits_cnn.onnx")
-    xs, ys, search, held, scores = boundary_split(model)
+    model, xs, ys, search, held, scores, convs, feeds = boundary_setup()
     monkeypatch.setattr(planner, "split_eval", lambda data, fraction, seed: (search, held))
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
     said = []
     result = plan_model(model, feeds, max_drop=0.0, eval_data=(xs, ys), layers=convs[1:5], kinds=["int8"],
                         timer=CostTimer(), report_threads=(1,), progress=said.append)
@@ -351,14 +347,11 @@ def test_held_out_miss_keeps_int8_on_the_layers_that_pass_there(monkeypatch):
     on all of them does flip: the stage misses there, and INT8 on the least damaging layer alone
     meets it, so the written model keeps INT8 on a prefix and loses nothing there (run in ORT)."""
     import onnxcompress.plan.planner as planner
-    from onnxcompress.model_io import load_model
     from onnxcompress.plan.budget import DEFAULT_VAL_FRACTION
-    from test_auto import boundary_split
+    from test_auto import boundary_setup
 
-    model = load_model("models/digits_cnn.onnx")
-    xs, ys, search, held, scores = boundary_split(model)
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv"][1:5]
-    feeds = [{"input": xs[i:i + 8]} for i in range(200, 240, 8)]
+    model, xs, ys, search, held, scores, convs, feeds = boundary_setup()
+    convs = convs[1:5]
     stage = STAGES["int8"]
     base = stage.prepare(planner._canonical(model))
     fit = list(split_feeds(feeds, DEFAULT_VAL_FRACTION, 0)[0])[:stage.max_feeds]  # the planner's
