@@ -302,14 +302,16 @@ def test_least_damaging_prefix_ranks_by_damage_alone_and_bisects():
         seen[k] = set(int8_convs(m))
         return len(seen[k]) <= 2, k
 
-    kept, written, result = least_damaging_prefix(stage, base, layers, fit, evaluator, accepts)
+    kept, given_back, written, result = least_damaging_prefix(stage, base, layers, fit, evaluator, accepts)
     assert len(kept) == 2 and result == 2 and set(int8_convs(written)) == set(kept)
+    assert sorted(kept + given_back) == sorted(layers) and not set(kept) & set(given_back)
     assert 3 in seen and set(kept) < seen[3]  # bisection looked one layer further and was refused
     alone = {n: evaluator.measure(stage.apply(base, [n], fit), with_eval=False, screen=True).rel_error
              for n in layers}
     assert max(alone[n] for n in kept) <= min(alone[n] for n in layers if n not in kept)
+    assert [alone[n] for n in given_back] == sorted(alone[n] for n in given_back)  # in ranking order
     none = least_damaging_prefix(stage, base, layers, fit, evaluator, lambda m, k: (False, None))
-    assert none == ([], None, None)
+    assert none[0] == [] and sorted(none[1]) == sorted(layers) and none[2:] == (None, None)
     capped = least_damaging_prefix(stage, base, layers, fit, evaluator, lambda m, k: (True, k), at_most=1)
     assert len(capped[0]) == 1 and capped[0][0] == kept[0]
 

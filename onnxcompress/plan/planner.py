@@ -177,7 +177,7 @@ def _stage_on_held_out(base_stage: StageOutcome, canon, fit_feeds, evaluator, ma
             f"--eval inputs: {c.as_dict()}")
         return c.meets, c
 
-    layers, model, confirmation = least_damaging_prefix(
+    layers, _, model, confirmation = least_damaging_prefix(
         stage, stage.prepare(canon), list(base_stage.layers), list(fit_feeds)[:stage.max_feeds], evaluator, confirms,
         at_most=len(base_stage.layers) - 1)
     if layers and relative_speed(canon, model) < 1.0:

@@ -190,12 +190,12 @@ def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, r
 
 def least_damaging_prefix(stage: Stage, base: onnx.ModelProto, layers: list[str], feeds, evaluator,
                           accepts: Callable[[onnx.ModelProto, int], tuple[bool, Any]], at_most: int | None = None):
-    """(kept, model, result): the stage on the longest prefix of `layers`, least damaging alone
-    first, of at most `at_most` layers (default: all), that `accepts(model, k) -> (ok, result)`
-    takes (bisection; assumes a longer prefix fails once a shorter one does); ([], None, None)
-    where no prefix is taken. A layer's damage alone is
-    the relative output error of the stage on it by itself, on the validation part of the
-    calibration inputs (`base` as the stage prepared it, `feeds` its calibration feeds).
+    """(kept, given back, model, result): the stage on the longest prefix of `layers`, least
+    damaging alone first, of at most `at_most` layers (default: all), that `accepts(model, k) ->
+    (ok, result)` takes (bisection; assumes a longer prefix fails once a shorter one does), and
+    the rest of that ranking; model and result are None where no prefix is taken. A layer's
+    damage alone is the relative output error of the stage on it by itself, on the validation
+    part of the calibration inputs (`base` as the stage prepared it, `feeds` its calibration feeds).
 
     (Ordering by damage per unit of time saved, each layer's saving timed in the fully staged model,
     was tried and was worse on MobileNetV2: 16 layers at 0.99x instead of 22 at 1.14x; a layer's
@@ -212,9 +212,8 @@ def least_damaging_prefix(stage: Stage, base: onnx.ModelProto, layers: list[str]
         return ok
 
     k = longest_passing(len(gentle) if at_most is None else min(at_most, len(gentle)), passes)
-    if k == 0:
-        return [], None, None
-    return gentle[:k], trials[k][0], trials[k][1]
+    model, result = trials[k] if k else (None, None)
+    return gentle[:k], gentle[k:], model, result
 
 
 def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evaluator, budget, with_eval: bool,
@@ -254,8 +253,7 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
             say(f"auto: {stage.name} on the {k} least damaging layers of the {base_name}: {mk.as_dict()}")
             return budget.holds(mk), mk
 
-        kept, model, m = least_damaging_prefix(stage, base, layers, feeds, evaluator, holds)
-        out.given_back = [n for n in layers if n not in kept]
+        kept, out.given_back, model, m = least_damaging_prefix(stage, base, layers, feeds, evaluator, holds)
         if not kept:
             out.note = "misses the budget with any layer"
             out.seconds = time.perf_counter() - t0
