@@ -73,10 +73,11 @@ def machine_summary() -> str:
             f"load average {load:.2f} at start")
 
 
-def ort_int8_defaults(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelProto:
+def ort_int8_defaults(model: onnx.ModelProto, feeds: list[dict], reduce_range: bool = False) -> onnx.ModelProto:
     """ORT's static INT8 as a user of ORT makes it: quant_pre_process, then quantize_static with its
     default op types (Conv, Add, Gemm, pools, ...), QDQ, s8 per-channel weights, u8 activations,
-    MinMax ranges on `feeds`."""
+    MinMax ranges on `feeds`; `reduce_range`: 7-bit weights, the remedy ORT's quantization guide
+    gives for CPUs whose u8 x s8 kernels saturate (no VNNI)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -88,5 +89,5 @@ def ort_int8_defaults(model: onnx.ModelProto, feeds: list[dict]) -> onnx.ModelPr
         onnx.save(model, str(src))
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         quantize_static(str(pre), str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         return prepare_for_runtime(onnx.load(str(out)))

@@ -138,7 +138,12 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
         from onnxcompress.int8 import quantize_convs
         from onnxcompress.plan.planner import _canonical
 
+        from onnxcompress.int8 import u8s8_saturates
+
         settings.append(("ORT int8 (defaults, every op)", lambda: ort_int8_defaults(model, calib_feeds)))
+        if u8s8_saturates():  # what ORT's quantization guide has a user of this CPU do
+            settings.append(("ORT int8 (reduce_range, every op)",
+                             lambda: ort_int8_defaults(model, calib_feeds, reduce_range=True)))
         settings.append(("ORT int8 (all Convs)", lambda: quantize_convs(_canonical(model), calib_feeds)))
     made = []
     for label, make in settings:

@@ -30,7 +30,9 @@ sessions plus an unused library).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -42,6 +44,8 @@ import onnx
 from . import DOMAIN, schemas
 from ._runtime import session_options
 from .errors import OnnxCompressError
+
+log = logging.getLogger("onnxcompress")
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 ACTIVATIONS = ("Relu", "Clip")
@@ -239,12 +243,60 @@ class _Reader:
         return Reader(feeds)
 
 
+def _probe_model(channels: int, maps: int, kernel: int, side: int, y_scale: float) -> onnx.ModelProto:
+    """One QLinearConv: u8 input (scale 1, zero point 0), s8 weights all 127 (scale 1), u8 output
+    (scale `y_scale`), no padding."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
+             numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+             numpy_helper.from_array(np.full((maps, channels, kernel, kernel), 127, np.int8), "w"),
+             numpy_helper.from_array(np.ones(maps, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(maps, np.int8), "wz"),
+             numpy_helper.from_array(np.array(y_scale, np.float32), "ys"),
+             numpy_helper.from_array(np.array(0, np.uint8), "yz")]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="probe")
+    graph = helper.make_graph([node], "u8s8_probe",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, side, side])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@functools.lru_cache(maxsize=1)
+def u8s8_saturates() -> bool:
+    """Whether ONNX Runtime's u8 x s8 convolution on this CPU saturates: measured, not guessed from
+    the CPU's flags. Without VNNI, ORT's x86 kernels add adjacent u8 x s8 products in int16
+    (`vpmaddubsw`), and 255 * 127 twice is past 32,767; ORT's quantization guide names 7-bit
+    weights (`reduce_range`) as the remedy. A QLinearConv of 255s and 127s, whose exact result
+    fits the output, is run in a plain ORT session (its default optimisations, which re-lay it out
+    as the models' Convs are) at a stem's shape and at a 16-channel one; True where either result
+    is not the exact one."""
+    import onnxruntime as ort
+
+    for channels, maps, kernel, side in ((1, 16, 3, 5), (16, 16, 3, 5)):
+        exact = channels * kernel * kernel * 255 * 127
+        y_scale = exact / 200.0  # the exact result quantizes to 200
+        probe = _probe_model(channels, maps, kernel, side, y_scale)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        try:
+            sess = ort.InferenceSession(probe.SerializeToString(), sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+            y = sess.run(None, {"x": np.full((1, channels, side, side), 255, np.uint8)})[0]
+        except Exception as exc:  # an ORT without a u8 x s8 QLinearConv: nothing to protect against
+            log.info("int8: the u8 x s8 saturation probe could not run (%s)", exc)
+            return False
+        if np.any(np.abs(y.astype(np.int32) - 200) > 1):
+            return True
+    return False
+
+
 def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                    nodes: Iterable[str] | None = None, *, exclude: Iterable[str] = (),
                    calibrate_method: str = "minmax", per_channel: bool = True,
                    fold_activations: bool = True, extra_options: dict | None = None,
                    fuse_basis: bool = True, other_ops: bool = False,
-                   refine_weights: bool = False) -> onnx.ModelProto:
+                   refine_weights: bool = False, reduce_range: bool | None = None) -> onnx.ModelProto:
     """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
 
     nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
@@ -268,6 +320,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     refine_weights: the s8 weights of each quantized Conv rounded to minimise the error of its
     output on the calibration inputs instead of to nearest, and its int32 bias moved by the mean
     shift the rounding leaves (fitting/int8_rounding.py); ORT's scales are kept.
+    reduce_range: s8 weights in [-64, 64] (quantize_static's `reduce_range`), so that no pair of
+    u8 x s8 products passes an int16; None (default): where ORT's u8 x s8 convolution on this CPU
+    saturates (`u8s8_saturates()`, measured once per process).
 
     Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
     """
@@ -288,6 +343,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     if len({n.name for n in model.graph.node}) != len(model.graph.node):
         raise OnnxCompressError("quantize: node names must be unique (ORT's quantizer selects nodes by name)")
     extra = dict(extra_options or {})
+    if reduce_range is None:
+        reduce_range = u8s8_saturates()
     model = at_least_opset_13(model)
     with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
         workdir = Path(tmp)
@@ -336,12 +393,13 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
                             op_types_to_quantize=op_types, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_quantize=selected, nodes_to_exclude=ours, calibrate_method=method,
-                            extra_options=extra, calibration_cache_path=str(cache))
+                            reduce_range=bool(reduce_range), extra_options=extra,
+                            calibration_cache_path=str(cache))
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
         if refine_weights:
-            result = _refine_weights(result, pre, calib_feeds, chosen)
+            result = _refine_weights(result, pre, calib_feeds, chosen, qmax=64 if reduce_range else 127)
     result = prepare_for_runtime(result)
     if fuse_basis:
         from .passes.fuse_quantized_basis import fuse_quantized_basis
@@ -352,7 +410,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
 
 def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: list[str],
                     row_budget: int = 2048, seed: int = 0, rounding: bool = True,
-                    bias_shift: bool = True) -> onnx.ModelProto:
+                    bias_shift: bool = True, qmax: int = 127) -> onnx.ModelProto:
     """`q` (quantize_static's QDQ model of `pre`) with the s8 weights and int32 biases of the
     chosen INT8 Convs refitted to the layer's output on `feeds` (inputs from the fp32 model `pre`).
     `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md)."""
@@ -412,8 +470,8 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
         new_bias = np.zeros(m, np.float32)
         for g, acc in enumerate(moments.groups):
             rows = slice(g * per, (g + 1) * per)
-            ints[rows] = (round_to_output(flat[rows], scale[rows], acc.H) if rounding else
-                          round_to_nearest(flat[rows], scale[rows]))
+            ints[rows] = (round_to_output(flat[rows], scale[rows], acc.H, qmax=qmax) if rounding else
+                          round_to_nearest(flat[rows], scale[rows], qmax=qmax))
             new_bias[rows] = mean_corrected_bias(None if bias is None else bias[rows], flat[rows],
                                                  ints[rows].astype(np.float64) * scale[rows, None], acc.mean_x)
         inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints.reshape(weight.shape), w_parts[0]))

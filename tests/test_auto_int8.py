@@ -352,6 +352,11 @@ def test_held_out_miss_keeps_int8_on_the_layers_that_pass_there(monkeypatch):
     from onnxcompress.plan.budget import DEFAULT_VAL_FRACTION
     from test_auto import boundary_setup
 
+    import onnxcompress.int8 as int8
+
+    # 8-bit weights whatever the CPU (on one whose u8 x s8 kernels saturate, the stage would take 7):
+    # more rounding error, so that INT8 on all four layers flips boundary digits that each alone leaves
+    monkeypatch.setattr(int8, "u8s8_saturates", lambda: False)
     model, xs, ys, search, held, scores, convs, feeds = boundary_setup()
     convs = convs[1:5]
     stage = STAGES["int8"]

@@ -7,7 +7,8 @@ zero point 0). That minimises |W - Wq|, not the error of the layer's output X (W
 `round_to_output` minimises the second, one input column at a time with the error of each
 rounded column spread over the columns not yet rounded, weighted by the inverse of the input's
 second moment H = X^T X (the optimal-brain-quantization update, as in GPTQ, Frantar et al. 2022).
-The scales stay ORT's, so only the integers change, always within [-127, 127].
+The scales stay ORT's, so only the integers change, always within [-qmax, qmax] (127, or 64 for
+ORT's `reduce_range`).
 
 `mean_corrected_bias` then moves the bias by the mean the rounding shifts the output by,
 (W - Wq) E[x] per output channel, with E[x] the mean of the unfolded input (zero padding
@@ -21,16 +22,18 @@ import numpy as np
 
 __all__ = ["round_to_nearest", "round_to_output", "mean_corrected_bias"]
 
-QMIN, QMAX = -127, 127  # ORT's s8 symmetric weights
+QMAX = 127  # ORT's s8 symmetric weights: [-127, 127] (64 with reduce_range)
 
 
-def round_to_nearest(weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """int8 weights [M, K] nearest to `weight` on the grid `scale` [M] (zero point 0), clipped to s8."""
+def round_to_nearest(weight: np.ndarray, scale: np.ndarray, qmax: int = QMAX) -> np.ndarray:
+    """int8 weights [M, K] nearest to `weight` on the grid `scale` [M] (zero point 0), clipped to
+    [-qmax, qmax]."""
     s = np.asarray(scale, np.float64).reshape(-1, 1)
-    return np.clip(np.rint(np.asarray(weight, np.float64) / s), QMIN, QMAX).astype(np.int8)
+    return np.clip(np.rint(np.asarray(weight, np.float64) / s), -qmax, qmax).astype(np.int8)
 
 
-def round_to_output(weight: np.ndarray, scale: np.ndarray, H: np.ndarray, damp: float = 0.01) -> np.ndarray:
+def round_to_output(weight: np.ndarray, scale: np.ndarray, H: np.ndarray, damp: float = 0.01,
+                    qmax: int = QMAX) -> np.ndarray:
     """int8 weights [M, K] on the grid `scale` [M] (zero point 0) minimising the output error.
 
     weight: [M, K] float, one row per output channel, K columns of the unfolded input;
@@ -53,10 +56,10 @@ def round_to_output(weight: np.ndarray, scale: np.ndarray, H: np.ndarray, damp: 
     try:
         U = np.linalg.cholesky(np.linalg.inv(H)).T
     except np.linalg.LinAlgError:
-        return round_to_nearest(W, s)
+        return round_to_nearest(W, s, qmax)
     Q = np.zeros((m, k), np.int8)
     for j in range(k):
-        q = np.clip(np.rint(W[:, j] / s), QMIN, QMAX)
+        q = np.clip(np.rint(W[:, j] / s), -qmax, qmax)
         Q[:, j] = q
         err = (W[:, j] - q * s) / U[j, j]
         if j + 1 < k:

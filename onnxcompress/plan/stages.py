@@ -57,6 +57,8 @@ class Stage:
     # (INT8: Add, pools, Gemm, ...); tried once the layers are settled, kept where it is faster
     widen: Callable[[onnx.ModelProto, list[str], list[dict[str, np.ndarray]]], onnx.ModelProto] | None = None
     widen_summary: str = ""
+    # what the stage chose for this machine, for the report ("" where nothing)
+    conditions: Callable[[], str] = lambda: ""
 
     def applier(self, widened: bool):
         """`widen` for an outcome that was widened, else `apply`: what re-makes the stage's model."""
@@ -89,6 +91,13 @@ def _int8_layers(model):
     return conv_names(model)
 
 
+def _int8_conditions():
+    from ..int8 import u8s8_saturates
+
+    return ("weights in 7 bits (reduce_range): ORT's u8 x s8 convolution on this CPU saturates int16 pair sums "
+            "(measured)" if u8s8_saturates() else "")
+
+
 def _int8_prepare(model):
     from ..int8 import at_least_opset_13
 
@@ -98,7 +107,8 @@ def _int8_prepare(model):
 register_stage(Stage("int8", "ORT static INT8 (QDQ, per-channel weights, MinMax ranges)", _int8_apply, _int8_layers,
                      work=lambda macs: {"macs": macs, "precision": "int8", "note": "u8 x s8 MACs in ORT's QLinearConv"},
                      prepare=_int8_prepare, widen=_int8_widen,
-                     widen_summary="the other ops ORT quantizes (Add, pools, Gemm, ...) quantized too"))
+                     widen_summary="the other ops ORT quantizes (Add, pools, Gemm, ...) quantized too",
+                     conditions=_int8_conditions))
 
 
 def split_kinds(kinds) -> tuple[Any, list[str]]:
@@ -265,6 +275,7 @@ def run_stage(stage: Stage, base_name: str, base: onnx.ModelProto, feeds, evalua
         model, m, out.widened, out.widen_gain = _widened(stage, base, kept, model, m, feeds, evaluator, budget,
                                                          with_eval, relative, min_gain, say, base_name)
     out.layers, out.model, out.measurement, out.meets_budget = kept, model, m, True
+    out.note = stage.conditions()
     out.speedup = speed(model)
     out.seconds = time.perf_counter() - t0
     say(f"auto: {stage.name} on {len(kept)} layers of the {base_name} times {out.speedup:.3f}x "
