@@ -332,7 +332,7 @@ def test_held_out_miss_gives_int8_layers_back_before_the_original(monkeypatch):
     s, c = result.summary, result.summary["confirmed"]
     first = next(line for line in said if "the written model on the" in line)
     assert "misses the budget" in first  # INT8 on the 4 layers lost boundary digits
-    tried = [line for line in said if "least damaging of its 4 layers, on the held-out" in line]
+    tried = [line for line in said if "least damaging of 4 steps back), on the held-out" in line]
     assert tried and c["looks"] == 1 + len(tried) + (s["plan"] == "original")
     assert c["meets"] and c["drop"] == 0.0 and s["meets_budget"]
     written = set(int8_convs(result.model))
@@ -385,3 +385,51 @@ def test_held_out_miss_keeps_int8_on_the_layers_that_pass_there(monkeypatch):
     assert all("given back" in rows[n]["why"] for n in set(convs) - written)
     out = InferenceSession(result.model.SerializeToString()).run(None, {"input": held[0]})[0]
     assert np.all(np.argmax(out, 1) == held[1])  # as ORT gives it for the written model
+
+
+def test_held_out_miss_ranks_steps_back_of_ours_and_of_the_stage_together(monkeypatch):
+    """Step 8 with layers of ours placed in the INT8 model: the held-out share refuses INT8 on one
+    layer that is not ours (an oracle on the real confirmation: a model with that layer in INT8
+    misses, as a stem that saturates on the CPU would), and that layer is ranked the most damaging
+    step back. The written model keeps every layer of ours and INT8 on every other layer, that
+    layer fp32; giving the layers of ours back first, as step 8 used to, gave all of them up."""
+    import onnxcompress.plan.planner as planner
+    from onnxcompress.plan.budget import Evaluator
+    from test_auto import boundary_setup
+
+    model, xs, ys, _, _, _, convs, feeds = boundary_setup()  # --eval split as the planner splits it
+    real_confirm, real_alone = Evaluator.confirm, planner.damage_alone
+    culprit: list[str] = []
+
+    def confirm(self, m, max_drop):
+        c = real_confirm(self, m, max_drop)
+        if not culprit:  # the planned model: its first INT8 Conv is refused from here on
+            culprit.append(int8_convs(m)[0])
+        c.meets = culprit[0] not in int8_convs(m)
+        return c
+
+    def alone(*args, **kwargs):
+        d = real_alone(*args, **kwargs)
+        d[culprit[0]] = max(d.values()) + 1.0
+        return d
+
+    monkeypatch.setattr(Evaluator, "confirm", confirm)
+    monkeypatch.setattr(planner, "damage_alone", alone)
+    said = []
+    result = plan_model(model, feeds, max_drop=0.5, eval_data=(xs, ys), layers=convs[1:5],
+                        candidates=candidate_list("cluspa")[:1], kinds=["cluspa", "int8"], timer=CostTimer(0.5),
+                        report_threads=(1,), progress=said.append)
+    s, c = result.summary, result.summary["confirmed"]
+    planned = next(line for line in said if "the written model on the" in line)
+    assert "misses the budget" in planned and culprit
+    ours = {n.name for n in result.model.graph.node if n.domain == DOMAIN}
+    written_int8 = set(int8_convs(result.model))
+    assert ours and written_int8  # both kinds kept
+    assert culprit[0] not in written_int8 and culprit[0] in conv_names(result.model)  # back to fp32
+    # every other step kept: each target is ours or INT8, but the culprit
+    rows = {r["name"]: r for r in result.layers}
+    assert {n for n in convs[1:5] if rows[n]["choice"] not in ("original",)} == set(convs[1:5]) - {culprit[0]}
+    assert len(ours) + len(written_int8) == 3 and s["plan"].endswith(" + int8")
+    tried = [line for line in said if "steps back), on the held-out" in line]
+    assert c["looks"] == 1 + len(tried) <= 1 + int(np.ceil(np.log2(len(convs[1:5]) + len(ours))))
+    assert c["meets"] and c["looks"] >= 2 and "given back" in rows[culprit[0]]["why"]

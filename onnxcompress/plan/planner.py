@@ -25,9 +25,10 @@
 7. Whole-model stages (INT8) on the Convs the plan left, where they pay.
 8. With --max-drop, the share of --eval held out of planning (`confirm_fraction`) is looked at
    once, for the written model: the drop the report states. Where it misses the budget there,
-   the least damaging layers of ours are kept (bisected), then the stage alone, then the stage
-   on the least damaging of its layers alone (bisected), then the original, each a further look
-   that the reported bound allows for.
+   every step back is ranked by its damage alone (a layer of ours back to the stage's form of
+   it, a layer of the stage back to fp32; without a stage, layers of ours back to fp32) and the
+   longest least-damaging prefix that meets it there is kept (bisected), else the original,
+   each a further look that the reported bound allows for.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from .budget import (DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_F
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
 from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
 from .splice import Replacement, replacement_of, revert, splice, splice_into
-from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, least_damaging_prefix, run_stage, split_kinds
+from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, damage_alone, run_stage, split_kinds
 from .timing import ModelTimer, TimingCache, rebased
 
 log = logging.getLogger("onnxcompress")
@@ -162,28 +163,6 @@ def _provided():
     for p in canonicalize():
         out |= p.ensures
     return frozenset(out)
-
-
-def _stage_on_held_out(base_stage: StageOutcome, canon, fit_feeds, evaluator, max_drop, relative_speed, say):
-    """Planner step 8, where the stage alone misses --max-drop on the held-out share of --eval:
-    (layers, model, confirmation) of the stage on the longest prefix of its layers, least damaging
-    alone first, that meets it there (bisection, each prefix a look) and is faster than the
-    original; ([], None, None) where none does."""
-    stage = STAGES[base_stage.stage]
-
-    def confirms(mq: onnx.ModelProto, k: int):
-        c = evaluator.confirm(mq, max_drop)
-        say(f"auto: {stage.name} on the {k} least damaging of its {len(base_stage.layers)} layers, on the held-out "
-            f"--eval inputs: {c.as_dict()}")
-        return c.meets, c
-
-    layers, _, model, confirmation = least_damaging_prefix(
-        stage, stage.prepare(canon), list(base_stage.layers), list(fit_feeds)[:stage.max_feeds], evaluator, confirms,
-        at_most=len(base_stage.layers) - 1)
-    if layers and relative_speed(canon, model) < 1.0:
-        say(f"auto: {stage.name} on those {len(layers)} layers is slower than the original: not kept")
-        return [], None, None
-    return layers, model, confirmation
 
 
 def _canonical(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -309,25 +288,38 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     canon_convs = set(order)
 
-    def place(reps: list[Replacement], quick: bool = False) -> onnx.ModelProto:
-        """The model with `reps` in their layers' stead: the original's, or the stage's (INT8) model.
-        A replacement made of standard Convs (penni's portable form) gets the stage too: the stage is
-        applied to the original with the replacements, on the layers it covered and the new Convs
-        (`quick`: ranges from two feeds, for timing only; the graph is the same)."""
+    staged_models: dict[frozenset, onnx.ModelProto] = {}
+
+    def staged_on(covered: frozenset) -> onnx.ModelProto:
+        """The stage on the `covered` layers of the original (the stage's own model for all of them)."""
+        if covered == frozenset(base_stage.layers):
+            return base_model
+        if covered not in staged_models:
+            stage = STAGES[base_stage.stage]
+            staged_models[covered] = stage.applier(base_stage.widened)(
+                stage.prepare(canon), sorted(covered), list(fit_feeds)[:stage.max_feeds])
+        return staged_models[covered]
+
+    def place(reps: list[Replacement], quick: bool = False, covered: frozenset | None = None) -> onnx.ModelProto:
+        """The model with `reps` in their layers' stead: the original's, or the stage's (INT8) model,
+        the stage on the layers it covered (`covered`: on these of them). A replacement made of
+        standard Convs (penni's portable form) gets the stage too: the stage is applied to the
+        original with the replacements, on the layers covered and the new Convs (`quick`: ranges from
+        two feeds, for timing only; the graph is the same)."""
         if base_stage is None:
             return splice(canon, reps)
+        covered = frozenset(base_stage.layers) if covered is None else covered
         if not any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") for r in reps for n in r.nodes):
-            return splice_into(base_model, canon, reps)
+            return splice_into(staged_on(covered), canon, reps)
         stage = STAGES[base_stage.stage]
         fp32 = stage.prepare(splice(canon, reps))
-        covered = set(base_stage.layers)
         names = [n for n in standard_convs(fp32) if n in covered or n not in canon_convs]
         try:
             return stage.applier(base_stage.widened)(fp32, names, list(fit_feeds)[:2 if quick else stage.max_feeds])
         except OnnxCompressError as exc:  # the stage cannot take it: the replacement stays fp32 in the stage
             log.info("auto: %s cannot take the replacement(s) of %s (%s); placed in fp32", base_stage.stage,
                      [r.layer for r in reps], exc)
-            return splice_into(base_model, canon, reps)
+            return splice_into(staged_on(covered), canon, reps)
 
     if base_stage is not None:
         say(f"auto: {base_stage.stage} on {len(base_stage.layers)} layers of the original times "
@@ -553,15 +545,17 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     built: dict[frozenset, onnx.ModelProto] = {}
 
-    def final_model(kept: set[str]) -> onnx.ModelProto:
-        key = frozenset(kept)
+    def final_model(kept: set[str], covered: frozenset | None = None) -> onnx.ModelProto:
+        """The written model with the layers of ours `kept`, in the stage on `covered` (None: on all
+        of its layers) where there is a stage."""
+        key = frozenset(kept) if covered is None else (frozenset(kept), covered)
         if key not in built:
             fp32 = revert(candidate_model, canon, set(chosen) - kept)
             if base_stage is None:
                 built[key] = _finish(fp32, list(finishing.values()))
             else:  # the layers of ours placed into the quantized model (finishing passes not run)
                 reps = [replacement_of(canon, fp32, n) for n in sorted(kept)]
-                built[key] = _finish(place([r for r in reps if r is not None]), [])
+                built[key] = _finish(place([r for r in reps if r is not None], covered=covered), [])
         return built[key]
 
     def final_of(kept: set[str]):
@@ -672,8 +666,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # ---------------------------------------------------------------- 8. the held-out share of --eval
     # Planning looked at its part of --eval at every step and kept what passed; the share held out
     # of it is looked at here, once, for the written model. Where the drop there misses the budget,
-    # layers of ours go back (the least damaging kept, bisected), then the stage's (likewise), each
-    # a look.
+    # steps back go (the least damaging kept, bisected), each a look.
     confirmation = None
     if evaluator.confirm_data is not None:
         confirmation = evaluator.confirm(final, budget.max_drop)
@@ -681,53 +674,75 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             f"{confirmation.as_dict()} {'meets' if confirmation.meets else 'misses'} the budget")
         if not confirmation.meets:
             first, first_drop = confirmation, final_m.eval_drop
-            stage_layers = list(base_stage.layers) if base_stage is not None else []
-            gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
             looked: dict[int, Any] = {}
+            if base_stage is not None:
+                # every step back ranked together, least damaging alone first: a layer of ours going
+                # back to the stage's form of it, a layer of the stage going back to fp32; the longest
+                # prefix that meets the budget there is kept (bisection, each prefix one more look)
+                stage = STAGES[base_stage.stage]
+                alone = damage_alone(stage, stage.prepare(canon), list(base_stage.layers),
+                                     list(fit_feeds)[:stage.max_feeds], evaluator)
+                steps = sorted([(chosen[n].error, 0, n) for n in kept] + [(alone[n], 1, n) for n in alone])
 
-            def confirms(k: int) -> bool:
-                looked[k] = evaluator.confirm(final_model(set(gentle[:k])), budget.max_drop)
-                say(f"auto: the {k} least damaging layers of ours, on the held-out --eval inputs: "
-                    f"{looked[k].as_dict()}")
-                return looked[k].meets
+                def head(k: int) -> tuple[set[str], frozenset]:
+                    mine = {n for _, w, n in steps[:k] if w == 0}
+                    # a layer of ours is placed where the stage covers it, as it was planned
+                    return mine, frozenset({n for _, w, n in steps[:k] if w == 1} | mine)
 
-            k = longest_passing(len(gentle) - 1, confirms) if len(gentle) > 1 else 0
-            if k and relative_speed(base_model, final_model(set(gentle[:k]))) < 1.0:
-                say(f"auto: the model with the {k} least damaging layers of ours is slower than without them: "
-                    "not kept")
-                k = 0
-            if k:
-                final, confirmation, kept = final_model(set(gentle[:k])), looked[k], set(gentle[:k])
-                what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
-            else:
-                kept = set()
-                confirmation = (evaluator.confirm(base_model, budget.max_drop)
-                                if base_stage is not None and final is not base_model else None)
-                if confirmation is not None and confirmation.meets:
-                    final, what = base_model, f"{base_stage.stage} on the original alone written"
+                def confirms(k: int) -> bool:
+                    mine, covered = head(k)
+                    looked[k] = evaluator.confirm(final_model(mine, covered), budget.max_drop)
+                    say(f"auto: {len(mine)} layers of ours and {stage.name} on {len(covered - mine)} layers (the "
+                        f"{k} least damaging of {len(steps)} steps back), on the held-out --eval inputs: "
+                        f"{looked[k].as_dict()}")
+                    return looked[k].meets
+
+                k = longest_passing(len(steps) - 1, confirms) if len(steps) > 1 else 0
+                if k and relative_speed(canon, final_model(*head(k))) < 1.0:
+                    say(f"auto: the model of the {k} least damaging steps back is slower than the original: "
+                        "not kept")
+                    k = 0
+                mine, covered = head(k)
+                kept, stage_layers = mine, [n for n in base_stage.layers if n in covered and n not in mine]
+                if k:
+                    final, confirmation = final_model(*head(k)), looked[k]
+                    what = (f"{len(kept)} of the {len(chosen)} layers of ours and {stage.name} on "
+                            f"{len(stage_layers)} of its {len(base_stage.layers)} layers kept (the {k} least "
+                            f"damaging of {len(steps)} steps back)")
                 else:
                     final, what = canon, "the canonicalised original written"
-                    if base_stage is not None and len(base_stage.layers) > 1:
-                        # the stage misses there too: its layers go back, the most damaging alone first
-                        # (bisection, each prefix one more look at the held-out share)
-                        stage_layers, stage_model, confirmation = _stage_on_held_out(
-                            base_stage, canon, fit_feeds, evaluator, budget.max_drop, relative_speed, say)
-                        if stage_layers:
-                            final = stage_model
-                            what = (f"{base_stage.stage} on {len(stage_layers)} of its {len(base_stage.layers)} "
-                                    "layers of the original written (the least damaging alone)")
-                    if final is canon:
-                        confirmation = evaluator.confirm(canon, budget.max_drop)
-            for n in (set(chosen) | set(staged)) - kept - set(stage_layers if final is not canon else ()):
+                    confirmation = evaluator.confirm(canon, budget.max_drop)
+            else:
+                stage_layers = []
+                gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
+
+                def confirms(k: int) -> bool:
+                    looked[k] = evaluator.confirm(final_model(set(gentle[:k])), budget.max_drop)
+                    say(f"auto: the {k} least damaging layers of ours, on the held-out --eval inputs: "
+                        f"{looked[k].as_dict()}")
+                    return looked[k].meets
+
+                k = longest_passing(len(gentle) - 1, confirms) if len(gentle) > 1 else 0
+                if k and relative_speed(canon, final_model(set(gentle[:k]))) < 1.0:
+                    say(f"auto: the model with the {k} least damaging layers of ours is slower than the original: "
+                        "not kept")
+                    k = 0
+                if k:
+                    final, confirmation, kept = final_model(set(gentle[:k])), looked[k], set(gentle[:k])
+                    what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
+                else:
+                    kept, final, what = set(), canon, "the canonicalised original written"
+                    confirmation = evaluator.confirm(canon, budget.max_drop)
+            for n in (set(chosen) | set(staged)) - kept - set(stage_layers):
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
             chosen = {n: chosen[n] for n in kept}
-            if base_stage is not None and final is not canon:
-                staged = {n: base_stage.stage for n in stage_layers if n not in kept}
+            if stage_layers:
+                staged = {n: base_stage.stage for n in stage_layers}
                 left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
-                plan_kind = (plan_kind.split(" + ")[0] + " + " if kept else "") + base_stage.stage
             else:
                 staged, left_out = {}, {}
-                plan_kind = plan_kind.split(" + ")[0] if kept else "original"
+            plan_kind = " + ".join(([plan_kind.split(" + ")[0]] if kept else [])
+                                   + ([base_stage.stage] if stage_layers else [])) or "original"
             final_m = evaluator.measure(final, with_eval=with_eval)
             ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
             final_speed = ref_ms / cand_ms

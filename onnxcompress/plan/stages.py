@@ -198,6 +198,13 @@ def _widened(stage, base, kept, model, m, feeds, evaluator, budget, with_eval, r
     return trial, mt, True, gain
 
 
+def damage_alone(stage: Stage, base: onnx.ModelProto, layers: list[str], feeds, evaluator) -> dict[str, float]:
+    """{layer: the relative output error of the stage on it by itself}, on the validation part of the
+    calibration inputs (`base` as the stage prepared it, `feeds` its calibration feeds)."""
+    return {n: evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
+            for n in layers}
+
+
 def least_damaging_prefix(stage: Stage, base: onnx.ModelProto, layers: list[str], feeds, evaluator,
                           accepts: Callable[[onnx.ModelProto, int], tuple[bool, Any]], at_most: int | None = None):
     """(kept, given back, model, result): the stage on the longest prefix of `layers`, least
@@ -210,8 +217,7 @@ def least_damaging_prefix(stage: Stage, base: onnx.ModelProto, layers: list[str]
     (Ordering by damage per unit of time saved, each layer's saving timed in the fully staged model,
     was tried and was worse on MobileNetV2: 16 layers at 0.99x instead of 22 at 1.14x; a layer's
     saving there includes conversions that a sparser INT8 model pays anyway. docs/results.md)"""
-    alone = {n: evaluator.measure(stage.apply(base, [n], feeds), with_eval=False, screen=True).rel_error
-             for n in layers}
+    alone = damage_alone(stage, base, layers, feeds, evaluator)
     gentle = sorted(layers, key=lambda n: (alone[n], n))
     trials = {}
 
