@@ -644,3 +644,29 @@ def test_eval_sample_takes_more_by_default_and_caps_its_bytes(monkeypatch):
     x, y = _eval_sample(model, "mnist-test", None)
     assert x.nbytes <= 1 << 20 and len(y) == (1 << 20) // (28 * 28 * 4)
     assert len(_eval_sample(model, "mnist-test", 2000)[1]) == 2000  # a limit given is taken as given
+
+
+class TwoThreadTimer(FakeTimer):
+    """FakeTimer's cost model at one thread; at two, each node of ours costs 1 ms instead of saving
+    it (as small ops of ours that ORT's own kernels outpace when threaded)."""
+
+    def time(self, model, key=None, runs=None, threads=None):
+        self.calls += 1
+        n = sum(node.domain == DOMAIN for node in model.graph.node)
+        return 10.0, 10.0 + (n if threads == 2 else -n)
+
+
+def test_auto_is_not_slower_at_any_thread_count_it_reports():
+    """Step 6 holds the written model to every thread count of the report, not only the planning
+    one: with layers of ours faster at one thread and slower at two, they are given back when the
+    report gives two threads, and kept when it gives one."""
+    model = modelgen.small_resnet()
+    feeds = _feeds(model, 32)
+    one = plan_model(model, feeds, min_cosine=0.98, candidates=candidate_list("penni")[:1], timer=TwoThreadTimer(),
+                     seed=5, report_threads=(1,))
+    assert _ours(one.model) and one.summary["speedup"]["1"] > 1.0
+    both = plan_model(model, feeds, min_cosine=0.98, candidates=candidate_list("penni")[:1], timer=TwoThreadTimer(),
+                      seed=5, report_threads=(1, 2))
+    assert not _ours(both.model) and both.summary["speedup"] == {"1": 1.0, "2": 1.0}
+    whys = [r.get("why", "") for r in both.layers if r.get("why", "").startswith("given back: the model timed")]
+    assert whys and all("at 2 thread(s)" in w for w in whys)
