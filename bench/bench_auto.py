@@ -135,10 +135,8 @@ def bench_model(path: Path, args, work: Path) -> list[list]:
     # what a user picks instead: ORT's static INT8 with its defaults (every op type it quantizes), and on
     # every Conv only (what the planner's INT8 stage starts from); same calibration inputs
     if "int8" in stages or args.int8_only:
-        from onnxcompress.int8 import quantize_convs
+        from onnxcompress.int8 import quantize_convs, u8s8_saturates
         from onnxcompress.plan.planner import _canonical
-
-        from onnxcompress.int8 import u8s8_saturates
 
         settings.append(("ORT int8 (defaults, every op)", lambda: ort_int8_defaults(model, calib_feeds)))
         if u8s8_saturates():  # what ORT's quantization guide has a user of this CPU do
