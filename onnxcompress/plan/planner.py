@@ -696,64 +696,43 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         if not confirmation.meets:
             first, first_drop = confirmation, final_m.eval_drop
             looked: dict[int, Any] = {}
-            if base_stage is not None:
-                # every step back ranked together, least damaging alone first: a layer of ours going
-                # back to the stage's form of it, a layer of the stage going back to fp32; the longest
-                # prefix that meets the budget there is kept (bisection, each prefix one more look)
-                stage = STAGES[base_stage.stage]
-                alone = damage_alone(stage, stage.prepare(canon), list(base_stage.layers),
-                                     list(fit_feeds)[:stage.max_feeds], evaluator)
-                steps = sorted([(chosen[n].error, 0, n) for n in kept] + [(alone[n], 1, n) for n in alone])
+            # every step back ranked together, least damaging alone first: a layer of ours going back
+            # to the stage's form of it (to fp32 without a stage), a layer of the stage going back to
+            # fp32; the longest prefix that meets the budget there is kept (bisection, each prefix one
+            # more look)
+            stage = STAGES[base_stage.stage] if base_stage is not None else None
+            alone = (damage_alone(stage, stage.prepare(canon), list(base_stage.layers),
+                                  list(fit_feeds)[:stage.max_feeds], evaluator) if stage is not None else {})
+            steps = sorted([(chosen[n].error, 0, n) for n in kept] + [(alone[n], 1, n) for n in alone])
 
-                def head(k: int) -> tuple[set[str], frozenset]:
-                    mine = {n for _, w, n in steps[:k] if w == 0}
-                    # a layer of ours is placed where the stage covers it, as it was planned
-                    return mine, frozenset({n for _, w, n in steps[:k] if w == 1} | mine)
+            def head(k: int) -> tuple[set[str], frozenset | None]:
+                mine = {n for _, w, n in steps[:k] if w == 0}
+                # a layer of ours is placed where the stage covers it, as it was planned
+                return mine, (frozenset({n for _, w, n in steps[:k] if w == 1} | mine) if stage is not None else None)
 
-                def confirms(k: int) -> bool:
-                    mine, covered = head(k)
-                    looked[k] = evaluator.confirm(final_model(mine, covered), budget.max_drop)
-                    say(f"auto: {len(mine)} layers of ours and {stage.name} on {len(covered - mine)} layers (the "
-                        f"{k} least damaging of {len(steps)} steps back), on the held-out --eval inputs: "
-                        f"{looked[k].as_dict()}")
-                    return looked[k].meets
-
-                k = longest_passing(len(steps) - 1, confirms) if len(steps) > 1 else 0
-                if k and relative_speed(canon, final_model(*head(k))) < 1.0:
-                    say(f"auto: the model of the {k} least damaging steps back is slower than the original: "
-                        "not kept")
-                    k = 0
+            def confirms(k: int) -> bool:
                 mine, covered = head(k)
-                kept, stage_layers = mine, [n for n in base_stage.layers if n in covered and n not in mine]
-                if k:
-                    final, confirmation = final_model(*head(k)), looked[k]
-                    what = (f"{len(kept)} of the {len(chosen)} layers of ours and {stage.name} on "
-                            f"{len(stage_layers)} of its {len(base_stage.layers)} layers kept (the {k} least "
-                            f"damaging of {len(steps)} steps back)")
-                else:
-                    final, what = canon, "the canonicalised original written"
-                    confirmation = evaluator.confirm(canon, budget.max_drop)
+                looked[k] = evaluator.confirm(final_model(mine, covered), budget.max_drop)
+                staged_part = f" and {stage.name} on {len(covered - mine)} layers" if stage is not None else ""
+                say(f"auto: {len(mine)} layers of ours{staged_part} (the {k} least damaging of {len(steps)} steps "
+                    f"back), on the held-out --eval inputs: {looked[k].as_dict()}")
+                return looked[k].meets
+
+            k = longest_passing(len(steps) - 1, confirms) if len(steps) > 1 else 0
+            if k and relative_speed(canon, final_model(*head(k))) < 1.0:
+                say(f"auto: the model of the {k} least damaging steps back is slower than the original: not kept")
+                k = 0
+            kept, covered = head(k)
+            stage_layers = [n for n in base_stage.layers if n in covered and n not in kept] if covered else []
+            if k:
+                final, confirmation = final_model(*head(k)), looked[k]
+                staged_part = (f" and {stage.name} on {len(stage_layers)} of its {len(base_stage.layers)} layers"
+                               if stage is not None else "")
+                what = (f"{len(kept)} of the {len(chosen)} layers of ours{staged_part} kept (the {k} least damaging "
+                        f"of {len(steps)} steps back)")
             else:
-                stage_layers = []
-                gentle = sorted(kept, key=lambda n: chosen[n].error)  # least damaging first
-
-                def confirms(k: int) -> bool:
-                    looked[k] = evaluator.confirm(final_model(set(gentle[:k])), budget.max_drop)
-                    say(f"auto: the {k} least damaging layers of ours, on the held-out --eval inputs: "
-                        f"{looked[k].as_dict()}")
-                    return looked[k].meets
-
-                k = longest_passing(len(gentle) - 1, confirms) if len(gentle) > 1 else 0
-                if k and relative_speed(canon, final_model(set(gentle[:k]))) < 1.0:
-                    say(f"auto: the model with the {k} least damaging layers of ours is slower than the original: "
-                        "not kept")
-                    k = 0
-                if k:
-                    final, confirmation, kept = final_model(set(gentle[:k])), looked[k], set(gentle[:k])
-                    what = f"{k} of the {len(gentle)} layers of ours kept (the least damaging)"
-                else:
-                    kept, final, what = set(), canon, "the canonicalised original written"
-                    confirmation = evaluator.confirm(canon, budget.max_drop)
+                final, what = canon, "the canonicalised original written"
+                confirmation = evaluator.confirm(canon, budget.max_drop)
             for n in (set(chosen) | set(staged)) - kept - set(stage_layers):
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
             chosen = {n: chosen[n] for n in kept}
