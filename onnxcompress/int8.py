@@ -44,6 +44,7 @@ import onnx
 from . import DOMAIN, schemas
 from ._runtime import session_options
 from .errors import OnnxCompressError
+from .fitting.int8_rounding import QMAX, QMAX_REDUCED
 
 log = logging.getLogger("onnxcompress")
 
@@ -399,7 +400,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
         if refine_weights:
-            result = _refine_weights(result, pre, calib_feeds, chosen, qmax=64 if reduce_range else 127)
+            result = _refine_weights(result, pre, calib_feeds, chosen, qmax=QMAX_REDUCED if reduce_range else QMAX)
     result = prepare_for_runtime(result)
     if fuse_basis:
         from .passes.fuse_quantized_basis import fuse_quantized_basis
@@ -410,10 +411,11 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
 
 def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: list[str],
                     row_budget: int = 2048, seed: int = 0, rounding: bool = True,
-                    bias_shift: bool = True, qmax: int = 127) -> onnx.ModelProto:
+                    bias_shift: bool = True, qmax: int = QMAX) -> onnx.ModelProto:
     """`q` (quantize_static's QDQ model of `pre`) with the s8 weights and int32 biases of the
     chosen INT8 Convs refitted to the layer's output on `feeds` (inputs from the fp32 model `pre`).
-    `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md)."""
+    `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md); `qmax` bounds
+    the integers."""
     from onnx import numpy_helper
 
     from .calibration.capture import LayerCapture

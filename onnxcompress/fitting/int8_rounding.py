@@ -22,7 +22,8 @@ import numpy as np
 
 __all__ = ["round_to_nearest", "round_to_output", "mean_corrected_bias"]
 
-QMAX = 127  # ORT's s8 symmetric weights: [-127, 127] (64 with reduce_range)
+QMAX = 127  # ORT's s8 symmetric weights: [-127, 127]
+QMAX_REDUCED = 64  # with quantize_static's reduce_range: [-64, 64], no pair of u8 x s8 products past an int16
 
 
 def round_to_nearest(weight: np.ndarray, scale: np.ndarray, qmax: int = QMAX) -> np.ndarray:
