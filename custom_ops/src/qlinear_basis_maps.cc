@@ -225,21 +225,31 @@ void QLinearBasisMaps::Compute(Ort::KernelContext& context) {
 
 // Channels last: one task per block of consecutive output rows; each task keeps the input rows
 // its outputs read, minus the zero point as float, in a ring of S = (kh-1)*dil_h + 1 rows of its
-// own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache). Per
-// output row the taps are listed once for the columns whose kernel lies inside the input (one
-// kernel call for that run of pixels), and per pixel only at the left and right borders.
+// own (as ComputeRows' packed rows: a float copy of the whole input did not stay in cache). Each
+// ring row has zero columns at both ends where the pads reach (zero is the padding's value once
+// the zero point is taken off), so that every pixel of an output row reads the same taps and
+// the row is one kernel call; the taps are listed once per output row. Pads wider than the
+// input (no CNN has them) keep the margins off: their pixels are taken one at a time with the
+// taps inside the input (the border path).
 void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeometry& g, int64_t d,
                                      const uint8_t* x, uint8_t* y) {
   const int64_t C = g.in_channels, H = g.in_h, W = g.in_w, OH = g.out_h, OW = g.out_w, M = g.out_channels;
-  const int64_t taps = g.taps(), row = CheckedMul(W, C, "input row");
+  const int64_t taps = g.taps();
+  // Columns read left of the input (by output column 0) and right of it (by the last one).
+  const int64_t overhang_right = std::max<int64_t>(
+      0, (OW - 1) * g.stride_w - g.pad_left + (g.kw - 1) * g.dil_w - (W - 1));
+  const bool margins = g.pad_left + overhang_right <= W;
+  const int64_t ml = margins ? g.pad_left : 0, mr = margins ? overhang_right : 0;
+  const int64_t row = CheckedMul(W + ml + mr, C, "input row");
   const int64_t slots = RowRing::Slots(g);
   const int64_t ring = CeilDiv(CheckedMul(slots, row, "input rows"), 16) * 16;
   const int64_t items = g.batch * OH;
   const int64_t tasks = std::min<int64_t>(TaskSlots(items), 64);
-  // Columns ox in [lo, hi) read input columns ox*sw - pad_left + kx*dil_w, all inside [0, W)
-  // (pads, kernel and input sizes are bounded by the geometry's checks: no overflow).
-  const int64_t lo = std::min(OW, CeilDiv(g.pad_left, g.stride_w));
-  const int64_t last = W - 1 + g.pad_left - (g.kw - 1) * g.dil_w;  // ox * stride_w <= last
+  // Columns ox in [lo, hi) read input columns ox*sw - pad_left + kx*dil_w, all inside [-ml, W + mr)
+  // (pads, kernel and input sizes are bounded by the geometry's checks: no overflow). With the
+  // margins that is every column.
+  const int64_t lo = std::min(OW, CeilDiv(g.pad_left - ml, g.stride_w));
+  const int64_t last = W + mr - 1 + g.pad_left - (g.kw - 1) * g.dil_w;  // ox * stride_w <= last
   const int64_t hi = last < 0 ? lo : std::max(lo, std::min(OW, last / g.stride_w + 1));
   auto lease = SharedTaskBuffers().Acquire();
   TaskBuffers& buffers = *lease;
@@ -258,6 +268,10 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
     int64_t* inner_offsets = weight_at + taps;
     int64_t* inner_weights = inner_offsets + taps;
     RowRing rows(slots, tags);
+    for (int64_t s = 0; s < slots && ml + mr > 0; ++s) {  // the margins stay zero: `shifted` writes between them
+      std::fill(xs + s * row, xs + s * row + ml * C, 0.0f);
+      std::fill(xs + s * row + (ml + W) * C, xs + (s + 1) * row, 0.0f);
+    }
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t n = i / OH, oy = i % OH;
       int64_t inner = 0;
@@ -267,7 +281,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
         if (iy < 0 || iy >= H) continue;
         bool fill = false;
         const int64_t s = rows.Slot(n, iy, H, &fill);
-        if (fill) kernels_->shifted(x + (n * H + iy) * row, row, x_zero_point_, xs + s * row);
+        if (fill) kernels_->shifted(x + (n * H + iy) * W * C, W * C, x_zero_point_, xs + s * row + ml * C);
         row_at[ky] = s * row;
         for (int64_t kx = 0; kx < g.kw; ++kx) {  // relative to the run's first input column
           inner_offsets[inner] = row_at[ky] + kx * g.dil_w * C;
@@ -282,7 +296,7 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
           for (int64_t kx = 0; kx < g.kw; ++kx) {
             const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dil_w;
             if (ix < 0 || ix >= W) continue;
-            offsets[count] = row_at[ky] + ix * C;
+            offsets[count] = row_at[ky] + (ml + ix) * C;
             weight_at[count++] = (ky * g.kw + kx) * M;
           }
         }
@@ -291,8 +305,9 @@ void QLinearBasisMaps::ComputePixels(Ort::KernelContext& context, const ConvGeom
       };
       for (int64_t ox = 0; ox < lo; ++ox) border(ox);
       if (hi > lo) {
-        kernels_->pixels(xs + (lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets, inner_weights,
-                         inner, C, d, weights_t_, float_bias_.data(), rq, yrow + lo * M);
+        // the run's first pixel reads ring column ml + lo*sw - pad_left >= 0 at kx = 0
+        kernels_->pixels(xs + (ml + lo * g.stride_w - g.pad_left) * C, g.stride_w * C, hi - lo, inner_offsets,
+                         inner_weights, inner, C, d, weights_t_, float_bias_.data(), rq, yrow + lo * M);
       }
       for (int64_t ox = hi; ox < OW; ++ox) border(ox);
     }

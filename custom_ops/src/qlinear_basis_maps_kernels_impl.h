@@ -165,48 +165,77 @@ void RequantizePlane(const int32_t* acc, int64_t wq, int64_t oh, int64_t ow, flo
   }
 }
 
-// MC maps (of the d) for channels [c, c + NB*L), for each of the n pixels of a run (pixel p's
-// input at x + p * x_step): the input vectors of each tap are loaded once, and the NB*MC sums
-// are independent chains (one chain per vector would wait on the FMA latency). The run is the
-// outer loop here, so that the block's weight, bias and scale pointers stay in registers.
-// The sums start from the bias and are taken in float, which is exact here: every partial sum
-// is an integer of magnitude at most |bias| + taps * 255 * 128 < 2^24 (FloatSumsExact), so the
-// float is the integer sum QLinearConv requantizes.
+// MC maps (of the d) for channels [c, c + NB*L), for P consecutive pixels of a run (pixel p's
+// input at x + p * x_step): the input vectors of each tap are loaded once per pixel and the
+// weight vectors once for the P pixels, and the P*NB*MC sums are independent chains (with
+// fewer chains than about twice the FMA units times their latency the loop waits on the FMA
+// latency: at 16 channels and d = 1 one pixel at a time had 2 chains and ran at a fifth of the
+// FMA peak). The sums start from the bias and are taken in float, which is exact here: every
+// partial sum is an integer of magnitude at most |bias| + taps * 255 * 128 < 2^24
+// (FloatSumsExact), so the float is the integer sum QLinearConv requantizes.
+template <int MC, int NB, int P>
+inline void PixelsBlock(const float* xb, int64_t x_step, const int64_t* offsets, const int64_t* w_offsets,
+                        int64_t ntaps, int64_t M, int64_t C, const float* wb, const float* bb, const float* sb,
+                        int32_t zero_point, uint8_t* yb) {
+  VF a[P][NB][MC];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NB; ++v)
+      for (int j = 0; j < MC; ++j) a[p][v][j] = *reinterpret_cast<const VF*>(bb + j * C + v * L);
+  for (int64_t i = 0; i < ntaps; ++i) {
+    const float* xi = xb + offsets[i];
+    const float* wt = wb + w_offsets[i];
+    for (int v = 0; v < NB; ++v) {
+      VF wv[MC];
+      for (int j = 0; j < MC; ++j) wv[j] = *reinterpret_cast<const VF*>(wt + j * C + v * L);
+      for (int p = 0; p < P; ++p) {
+        const VF xv = *reinterpret_cast<const VF*>(xi + p * x_step + v * L);
+        for (int j = 0; j < MC; ++j) a[p][v][j] += wv[j] * xv;
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    uint8_t* yp = yb + p * M;
+    for (int j = 0; j < MC; ++j) {
+      int v = 0;
+      for (; v + 2 <= NB; v += 2) {
+        StorePair(RequantizeLanes(a[p][v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), zero_point),
+                  RequantizeLanes(a[p][v + 1][j], *reinterpret_cast<const VF*>(sb + j * C + (v + 1) * L),
+                                  zero_point),
+                  yp + j * C + v * L);
+      }
+      for (; v < NB; ++v) {
+        *reinterpret_cast<VB*>(yp + j * C + v * L) =
+            Narrow(RequantizeLanes(a[p][v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), zero_point));
+      }
+    }
+  }
+}
+
+// Independent sums the block loop keeps in flight: about two FMA units times a latency of 4,
+// within the vector registers (16 with AVX2, 32 with AVX-512) beside the weights and inputs.
+constexpr int kChains = L >= 16 ? 16 : 8;
+constexpr int PixelsPerBlock(int chains) { return chains >= kChains ? 1 : (2 * chains >= kChains ? 2 : 4); }
+
+// MC maps (of the d) for channels [c, c + NB*L) over the n pixels of a run, P at a time.
 template <int MC, int NB>
 inline void RunBlock(const float* x, int64_t x_step, int64_t n, const int64_t* offsets, const int64_t* w_offsets,
                      int64_t ntaps, int64_t M, int64_t C, int64_t c, int64_t m0, const float* w, const float* bias,
                      Requant rq, uint8_t* y) {
+  constexpr int P = PixelsPerBlock(MC * NB);
   const float* wb = w + m0 * C + c;
   const float* bb = bias + m0 * C + c;
   const float* sb = rq.scale + m0 * C + c;
   uint8_t* yb = y + m0 * C + c;
   const float* xb = x + c;
-  for (int64_t p = 0; p < n; ++p, xb += x_step, yb += M) {
-    VF a[NB][MC];
-    for (int v = 0; v < NB; ++v)
-      for (int j = 0; j < MC; ++j) a[v][j] = *reinterpret_cast<const VF*>(bb + j * C + v * L);
-    for (int64_t i = 0; i < ntaps; ++i) {
-      const float* xi = xb + offsets[i];
-      const float* wt = wb + w_offsets[i];
-      for (int v = 0; v < NB; ++v) {
-        const VF xv = *reinterpret_cast<const VF*>(xi + v * L);
-        for (int j = 0; j < MC; ++j) a[v][j] += *reinterpret_cast<const VF*>(wt + j * C + v * L) * xv;
-      }
-    }
-    for (int j = 0; j < MC; ++j) {
-      int v = 0;
-      for (; v + 2 <= NB; v += 2) {
-        StorePair(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), rq.zero_point),
-                  RequantizeLanes(a[v + 1][j], *reinterpret_cast<const VF*>(sb + j * C + (v + 1) * L),
-                                  rq.zero_point),
-                  yb + j * C + v * L);
-      }
-      for (; v < NB; ++v) {
-        *reinterpret_cast<VB*>(yb + j * C + v * L) =
-            Narrow(RequantizeLanes(a[v][j], *reinterpret_cast<const VF*>(sb + j * C + v * L), rq.zero_point));
-      }
-    }
+  int64_t p = 0;
+  for (; p + P <= n; p += P, xb += P * x_step, yb += P * M)
+    PixelsBlock<MC, NB, P>(xb, x_step, offsets, w_offsets, ntaps, M, C, wb, bb, sb, rq.zero_point, yb);
+  if constexpr (P > 2) {
+    for (; p + 2 <= n; p += 2, xb += 2 * x_step, yb += 2 * M)
+      PixelsBlock<MC, NB, 2>(xb, x_step, offsets, w_offsets, ntaps, M, C, wb, bb, sb, rq.zero_point, yb);
   }
+  for (; p < n; ++p, xb += x_step, yb += M)
+    PixelsBlock<MC, NB, 1>(xb, x_step, offsets, w_offsets, ntaps, M, C, wb, bb, sb, rq.zero_point, yb);
 }
 
 // All d maps of channels [c, c + NB*L) for the run, up to four at a time.
