@@ -3,6 +3,7 @@ timings: no timed assertions), the budget on validation data checked again from 
 --layers, the timing cache, and the command line."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -226,7 +227,7 @@ def test_single_methods_honour_layers(method, opts):
         onnxcompress.optimize(model, method, calib_feeds=_feeds(model, 8), layers="nope", **opts)
 
 
-def test_timing_cache_is_reused(tmp_path):
+def test_timing_cache_is_reused(tmp_path, monkeypatch):
     model = modelgen.small_resnet()
     feeds = _feeds(model, 16)
     path = tmp_path / "timings.json"
@@ -238,6 +239,17 @@ def test_timing_cache_is_reused(tmp_path):
     assert second["misses"] == 0 and second["hits"] == first["misses"]
     keys = json.loads(path.read_text())
     assert all("|t1|" in k for k in keys) and len(keys) == first["misses"]
+    # another build of the custom-op library times anew: a rebuilt kernel is not taken at its old time
+    from onnxcompress._runtime import get_library_path
+    from onnxcompress.plan import timing
+
+    assert all(f"|lib{timing.library_digest()}" in k for k in keys)
+    copy = tmp_path / "libcopy.so"
+    copy.write_bytes(Path(get_library_path()).read_bytes() + b"\0")
+    monkeypatch.setenv("ONNXCOMPRESS_LIBRARY", str(copy))
+    assert timing.library_digest() not in "".join(keys)
+    third = plan_model(model, feeds, **kwargs).summary["timing_cache"]
+    assert third["hits"] == 0 and third["misses"] > 0  # (fresh timings may lead the plan another way)
 
 
 def test_auto_on_digits_cnn_with_labels(tmp_path):

@@ -4,14 +4,16 @@ A layer is timed in the model, not alone: the model with only that layer
 replaced against the original, runs interleaved, medians (our ops change the
 layout choices ONNX Runtime makes around them, so a layer faster alone can
 slow the model). The cache is a JSON file keyed by the original model's
-hash, the layer, the candidate, the thread count, the CPU and the ONNX
-Runtime version, so that planning twice on a noisy machine plans the same.
+hash, the layer, the candidate, the thread count, the CPU, the ONNX
+Runtime version and the build of our custom-op library (a rebuilt kernel
+times anew), so that planning twice on a noisy machine plans the same.
 The fitted values of a candidate are not part of the key: its time is taken
 to depend on the technique and setting, not on the calibration data.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +40,28 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def library_digest() -> str:
+    """A digest of the custom-op library this process loads ("none" where there is none)."""
+    from .._runtime import get_library_path
+    from ..errors import OnnxCompressError
+
+    try:
+        path = get_library_path()
+        st = os.stat(path)
+    except (OnnxCompressError, OSError):
+        return "none"
+    return _file_digest(path, st.st_size, st.st_mtime_ns)
 
 
 def model_digest(model: onnx.ModelProto) -> str:
@@ -99,7 +123,8 @@ class ModelTimer:
         self.threads = threads
         self.cache = cache or TimingCache(None)
         self.runs, self.warmup = runs, warmup
-        self.prefix = f"{model_digest(reference)}|t{threads}|{cpu_name()}|ort{onnxruntime.__version__}"
+        self.prefix = (f"{model_digest(reference)}|t{threads}|{cpu_name()}|ort{onnxruntime.__version__}"
+                       f"|lib{library_digest()}")
         self.measured = 0
 
     def rebased(self, reference: onnx.ModelProto) -> "ModelTimer":
