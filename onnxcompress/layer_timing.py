@@ -37,6 +37,7 @@ def single_node_model(op: str, domain: str, inputs: dict[str, np.ndarray | None]
 class LayerTiming:
     reference_ms: float
     candidate_ms: float
+    runs: int = 0  # the interleaved pairs the medians are of
 
     @property
     def speedup(self) -> float:
@@ -49,18 +50,30 @@ def time_pair(reference: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndar
     return time_models(reference, candidate, {"X": x}, threads, runs, warmup)
 
 
+# At most this many times `runs` where min_seconds asks for more (a bound on a tiny model).
+MAX_RUNS_FACTOR = 40
+
+
 def time_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: dict[str, np.ndarray],
-                threads: int = 1, runs: int = 30, warmup: int = 5) -> LayerTiming:
-    """Median latency of two models on the same feed, runs interleaved."""
+                threads: int = 1, runs: int = 30, warmup: int = 5, min_seconds: float = 0.0) -> LayerTiming:
+    """Median latency of two models on the same feed, runs interleaved: `runs` pairs, or more where
+    they would take less than `min_seconds` (the warm-up's pace decides; at most MAX_RUNS_FACTOR x
+    runs). On a sub-millisecond model 30 or 60 pairs are a few tens of milliseconds, over which a
+    shared machine's load does not average out: the planner's and a benchmark's medians of the same
+    two models differed by 5-10% at 2 threads on a 2-vCPU VM."""
     sessions = [InferenceSession(prepare_for_runtime(onnx.ModelProto.FromString(m.SerializeToString())),
                                  threads=threads, spinning=threads == 1) for m in (reference, candidate)]
-    for _ in range(warmup):
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
         for s in sessions:
             s.run(None, feed)
+    pair = (time.perf_counter() - start) / max(warmup, 1)
+    if min_seconds > 0 and pair > 0:
+        runs = max(runs, min(int(np.ceil(min_seconds / pair)), MAX_RUNS_FACTOR * runs))
     times: list[list[float]] = [[], []]
     for _ in range(runs):
         for i, s in enumerate(sessions):
             start = time.perf_counter()
             s.run(None, feed)
             times[i].append(time.perf_counter() - start)
-    return LayerTiming(1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1])))
+    return LayerTiming(1e3 * float(np.median(times[0])), 1e3 * float(np.median(times[1])), runs)

@@ -252,6 +252,36 @@ def test_timing_cache_is_reused(tmp_path, monkeypatch):
     assert third["hits"] == 0 and third["misses"] > 0  # (fresh timings may lead the plan another way)
 
 
+def test_whole_plan_timings_take_at_least_final_seconds():
+    """A sub-millisecond model is timed for at least min_seconds of interleaved pairs (bounded),
+    and a cached per-layer timing (with a key) keeps its run count."""
+    from onnxcompress.layer_timing import MAX_RUNS_FACTOR, time_models
+    from onnxcompress.plan.timing import ModelTimer
+
+    model = modelgen.small_resnet()
+    feed = {k: v[:1] for k, v in _feeds(model, 4)[0].items()}
+    assert time_models(model, model, feed, runs=3, warmup=2).runs == 3
+    long = time_models(model, model, feed, runs=3, warmup=2, min_seconds=0.3)
+    assert 3 < long.runs <= 3 * MAX_RUNS_FACTOR
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("min_seconds", 0.0))
+        return time_models(*args, **kwargs)
+
+    import onnxcompress.layer_timing as layer_timing
+
+    original, layer_timing.time_models = layer_timing.time_models, spy
+    try:
+        timer = ModelTimer(model, feed, runs=2, warmup=1, final_seconds=0.05)
+        timer.time(model, key=None)
+        timer.time(model, key="layer|setting")
+        timer.rebased(model).time(model, key=None)
+    finally:
+        layer_timing.time_models = original
+    assert seen == [0.05, 0.0, 0.05]
+
+
 def test_auto_on_digits_cnn_with_labels(tmp_path):
     """The bundled digit classifier, a small labelled calibration set, --max-drop on labelled data."""
     from onnxcompress.inputs import dataset_arrays

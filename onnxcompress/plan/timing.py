@@ -112,10 +112,12 @@ class TimingCache:
 class ModelTimer:
     """Times models against `reference` on `feed` at `threads`, interleaved, medians.
 
-    time(candidate, key) -> (reference_ms, candidate_ms); with a key, cached."""
+    time(candidate, key) -> (reference_ms, candidate_ms); with a key, cached. Without a key (the
+    whole-plan decisions: the stage, the guarantee, the back-offs) the runs are at least
+    `final_seconds` of interleaved pairs (layer_timing.time_models)."""
 
     def __init__(self, reference: onnx.ModelProto, feed: dict, threads: int = 1, cache: TimingCache | None = None,
-                 runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP):
+                 runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, final_seconds: float = 0.0):
         import onnxruntime
 
         self.reference = reference
@@ -123,6 +125,7 @@ class ModelTimer:
         self.threads = threads
         self.cache = cache or TimingCache(None)
         self.runs, self.warmup = runs, warmup
+        self.final_seconds = final_seconds
         self.prefix = (f"{model_digest(reference)}|t{threads}|{cpu_name()}|ort{onnxruntime.__version__}"
                        f"|lib{library_digest()}")
         self.measured = 0
@@ -130,7 +133,7 @@ class ModelTimer:
     def rebased(self, reference: onnx.ModelProto) -> "ModelTimer":
         """The same timer (feed, threads, runs, cache) against another reference model."""
         return ModelTimer(reference, self.feed, threads=self.threads, cache=self.cache, runs=self.runs,
-                          warmup=self.warmup)
+                          warmup=self.warmup, final_seconds=self.final_seconds)
 
     def time(self, candidate: onnx.ModelProto, key: str | None = None, runs: int | None = None,
              threads: int | None = None) -> tuple[float, float]:
@@ -144,7 +147,7 @@ class ModelTimer:
                 return hit["reference_ms"], hit["candidate_ms"]
         self.measured += 1
         t = time_models(self.reference, candidate, self.feed, threads=threads, runs=runs or self.runs,
-                        warmup=self.warmup)
+                        warmup=self.warmup, min_seconds=self.final_seconds if key is None else 0.0)
         if full is not None:
             self.cache.put(full, {"reference_ms": round(t.reference_ms, 5), "candidate_ms": round(t.candidate_ms, 5)})
         return t.reference_ms, t.candidate_ms
