@@ -63,13 +63,15 @@ def time_models(reference: onnx.ModelProto, candidate: onnx.ModelProto, feed: di
     two models differed by 5-10% at 2 threads on a 2-vCPU VM."""
     sessions = [InferenceSession(prepare_for_runtime(onnx.ModelProto.FromString(m.SerializeToString())),
                                  threads=threads, spinning=threads == 1) for m in (reference, candidate)]
+    paced = max(warmup, 1) if min_seconds > 0 else warmup  # one pair to pace by, where there is no warm-up
     start = time.perf_counter()
-    for _ in range(max(warmup, 1)):
+    for _ in range(paced):
         for s in sessions:
             s.run(None, feed)
-    pair = (time.perf_counter() - start) / max(warmup, 1)
-    if min_seconds > 0 and pair > 0:
-        runs = max(runs, min(int(np.ceil(min_seconds / pair)), MAX_RUNS_FACTOR * runs))
+    if min_seconds > 0:
+        pair = (time.perf_counter() - start) / paced
+        if pair > 0:
+            runs = max(runs, min(int(np.ceil(min_seconds / pair)), MAX_RUNS_FACTOR * runs))
     times: list[list[float]] = [[], []]
     for _ in range(runs):
         for i, s in enumerate(sessions):

@@ -252,7 +252,7 @@ def test_timing_cache_is_reused(tmp_path, monkeypatch):
     assert third["hits"] == 0 and third["misses"] > 0  # (fresh timings may lead the plan another way)
 
 
-def test_whole_plan_timings_take_at_least_final_seconds():
+def test_whole_plan_timings_take_at_least_final_seconds(monkeypatch):
     """A sub-millisecond model is timed for at least min_seconds of interleaved pairs (bounded),
     and a cached per-layer timing (with a key) keeps its run count."""
     from onnxcompress.layer_timing import MAX_RUNS_FACTOR, time_models
@@ -269,16 +269,11 @@ def test_whole_plan_timings_take_at_least_final_seconds():
         seen.append(kwargs.get("min_seconds", 0.0))
         return time_models(*args, **kwargs)
 
-    import onnxcompress.layer_timing as layer_timing
-
-    original, layer_timing.time_models = layer_timing.time_models, spy
-    try:
-        timer = ModelTimer(model, feed, runs=2, warmup=1, final_seconds=0.05)
-        timer.time(model, key=None)
-        timer.time(model, key="layer|setting")
-        timer.rebased(model).time(model, key=None)
-    finally:
-        layer_timing.time_models = original
+    monkeypatch.setattr("onnxcompress.layer_timing.time_models", spy)
+    timer = ModelTimer(model, feed, runs=2, warmup=1, final_seconds=0.05)
+    timer.time(model, key=None)
+    timer.time(model, key="layer|setting")
+    timer.rebased(model).time(model, key=None)
     assert seen == [0.05, 0.0, 0.05]
 
 

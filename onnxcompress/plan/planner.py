@@ -703,7 +703,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             f"{confirmation.as_dict()} {'meets' if confirmation.meets else 'misses'} the budget")
         if not confirmation.meets:
             first, first_drop = confirmation, final_m.eval_drop
-            looked: dict[int, Any] = {}
+            looked: dict[int, Any] = {}  # k -> (the model of the first k steps back, its confirmation)
             # every step back ranked together, least damaging alone first: a layer of ours going back
             # to the stage's form of it (to fp32 without a stage), a layer of the stage going back to
             # fp32; the longest prefix that meets the budget there is kept (bisection, each prefix one
@@ -720,20 +720,21 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
             def confirms(k: int) -> bool:
                 mine, covered = head(k)
-                looked[k] = evaluator.confirm(final_model(mine, covered), budget.max_drop)
+                model = final_model(mine, covered)
+                looked[k] = model, evaluator.confirm(model, budget.max_drop)
                 staged_part = f" and {stage.name} on {len(covered - mine)} layers" if stage is not None else ""
                 say(f"auto: {len(mine)} layers of ours{staged_part} (the {k} least damaging of {len(steps)} steps "
-                    f"back), on the held-out --eval inputs: {looked[k].as_dict()}")
-                return looked[k].meets
+                    f"back), on the held-out --eval inputs: {looked[k][1].as_dict()}")
+                return looked[k][1].meets
 
             k = longest_passing(len(steps) - 1, confirms) if len(steps) > 1 else 0
-            if k and relative_speed(canon, final_model(*head(k))) < 1.0:
+            if k and relative_speed(canon, looked[k][0]) < 1.0:
                 say(f"auto: the model of the {k} least damaging steps back is slower than the original: not kept")
                 k = 0
             kept, covered = head(k)
             stage_layers = [n for n in base_stage.layers if n in covered and n not in kept] if covered else []
             if k:
-                final, confirmation = final_model(*head(k)), looked[k]
+                final, confirmation = looked[k]
                 staged_part = (f" and {stage.name} on {len(stage_layers)} of its {len(base_stage.layers)} layers"
                                if stage is not None else "")
                 what = (f"{len(kept)} of the {len(chosen)} layers of ours{staged_part} kept (the {k} least damaging "
