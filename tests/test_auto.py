@@ -707,3 +707,23 @@ def test_auto_is_not_slower_at_any_thread_count_it_reports():
     assert not _ours(both.model) and both.summary["speedup"] == {"1": 1.0, "2": 1.0}
     whys = [r.get("why", "") for r in both.layers if r.get("why", "").startswith("given back: the model timed")]
     assert whys and all("at 2 thread(s)" in w for w in whys)
+
+
+def test_gentler_settings_and_ranked_steps_pure():
+    from onnxcompress.plan.select import gentler_settings, ranked_steps, settings_of
+
+    cur = Measured("a", "d2", 0.33, 1.8e-3)
+    opts = [cur, Measured("a", "d3", 0.41, 1.3e-3), Measured("a", "d4", 0.29, 2.7e-4),
+            Measured("a", "d5", 0.20, 3.0e-4),   # dominated by d4: more error, saves less
+            Measured("a", "s9", -0.1, 1e-5),     # does not save time
+            Measured("a", "s8", 0.5, 2.0e-3)]    # more error than the planned setting
+    assert [m.label for m in gentler_settings(cur, opts)] == ["d4", "d3"]
+    ours = {"a": cur, "b": Measured("b", "d3", 0.2, 5e-4)}
+    rungs = {"a": gentler_settings(cur, opts), "b": []}
+    steps = ranked_steps(ours, rungs, {"s": 1e-4, "t": 3e-3})
+    assert [(n, label) for _, _, n, label in steps] == [("s", ""), ("a", "d4"), ("b", "d3"), ("a", "d3"),
+                                                        ("a", "d2"), ("t", "")]
+    assert settings_of(steps, 0) == ({}, set())
+    assert settings_of(steps, 2) == ({"a": "d4"}, {"s"})  # a at its gentlest setting, b given back
+    assert settings_of(steps, 4) == ({"a": "d3", "b": "d3"}, {"s"})
+    assert settings_of(steps, 6) == ({"a": "d2", "b": "d3"}, {"s", "t"})  # the planned model

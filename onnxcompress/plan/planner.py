@@ -26,10 +26,11 @@
 7. Whole-model stages (INT8) on the Convs the plan left, where they pay.
 8. With --max-drop, the share of --eval held out of planning (`confirm_fraction`) is looked at
    once, for the written model: the drop the report states. Where it misses the budget there,
-   every step back is ranked by its damage alone (a layer of ours back to the stage's form of
-   it, a layer of the stage back to fp32; without a stage, layers of ours back to fp32) and the
-   longest least-damaging prefix that meets it there is kept (bisected), else the original,
-   each a further look that the reported bound allows for.
+   every step back is ranked by its damage alone (a layer of ours to a gentler setting it was
+   measured at in step 3, fitted alone, or back to the stage's form of it, a layer of the stage
+   back to fp32; without a stage, layers of ours back to fp32) and the longest least-damaging
+   prefix that meets it there is kept (bisected), else the original, each a further look that
+   the reported bound allows for.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from ..errors import OnnxCompressError
 from .budget import (DEFAULT_CONFIDENCE, DEFAULT_CONFIRM_FRACTION, DEFAULT_VAL_FRACTION, Evaluator, Measurement,
                      resolve_budget, split_eval, split_feeds)
 from .candidates import KINDS, Candidate, LayerResult, candidate_list
-from .select import Measured, back_off, guarantee, lagrangian_path, leave_out_slower, longest_passing
+from .select import (Measured, back_off, gentler_settings, guarantee, lagrangian_path, leave_out_slower,
+                     longest_passing, ranked_steps, settings_of)
 from .splice import Replacement, replacement_of, revert, splice, splice_into
 from .stages import SPEED_MIN_GAIN, STAGES, StageOutcome, damage_alone, run_stage, split_kinds
 from .timing import ModelTimer, TimingCache, rebased
@@ -567,6 +569,19 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                 built[key] = _finish(place([r for r in reps if r is not None], covered=covered), [])
         return built[key]
 
+    def model_with(settings: dict[str, str], covered: frozenset | None = None) -> onnx.ModelProto:
+        """`final_model` with each layer of ours in `settings` at that setting: at its planned one as
+        fitted in the plan, at another (a gentler one, step 8) as fitted alone in step 2."""
+        same = {n for n, label in settings.items() if label == chosen[n].label}
+        other = sorted((n, label) for n, label in settings.items() if label != chosen[n].label)
+        if not other:
+            return final_model(same, covered)
+        fp32 = revert(candidate_model, canon, set(chosen) - same)
+        if base_stage is None:
+            return _finish(splice(fp32, [replacements[o] for o in other]), list(finishing.values()))
+        reps = [replacement_of(canon, fp32, n) for n in sorted(same)] + [replacements[o] for o in other]
+        return _finish(place([r for r in reps if r is not None], covered=covered), [])
+
     def final_of(kept: set[str]):
         key = frozenset(kept)
         if key not in finals:
@@ -697,6 +712,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # of it is looked at here, once, for the written model. Where the drop there misses the budget,
     # steps back go (the least damaging kept, bisected), each a look.
     confirmation = None
+    stepped_from: dict[str, str] = {}  # layer of ours -> its planned setting, where step 8 chose a gentler one
     if evaluator.confirm_data is not None:
         confirmation = evaluator.confirm(final, budget.max_drop)
         say(f"auto: the written model on the {confirmation.samples} held-out --eval inputs: "
@@ -705,46 +721,58 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             first, first_drop = confirmation, final_m.eval_drop
             looked: dict[int, Any] = {}  # k -> (the model of the first k steps back, its confirmation)
             # every step back ranked together, least damaging alone first: a layer of ours going back
-            # to the stage's form of it (to fp32 without a stage), a layer of the stage going back to
-            # fp32; the longest prefix that meets the budget there is kept (bisection, each prefix one
-            # more look)
+            # to a gentler setting it was measured at (less error, still saving time), or to the
+            # stage's form of it (to fp32 without a stage), a layer of the stage going back to fp32;
+            # the longest prefix that meets the budget there is kept (bisection, each prefix one more
+            # look)
             stage = STAGES[base_stage.stage] if base_stage is not None else None
             alone = (damage_alone(stage, stage.prepare(canon), list(base_stage.layers),
                                   list(fit_feeds)[:stage.max_feeds], evaluator) if stage is not None else {})
-            steps = sorted([(chosen[n].error, 0, n) for n in kept] + [(alone[n], 1, n) for n in alone])
+            rungs = {n: [m for m in gentler_settings(chosen[n], measured.get(n, []))
+                         if (n, m.label) in replacements] for n in kept}
+            steps = ranked_steps({n: chosen[n] for n in kept}, rungs, alone)
 
-            def head(k: int) -> tuple[set[str], frozenset | None]:
-                mine = {n for _, w, n in steps[:k] if w == 0}
+            def head(k: int) -> tuple[dict[str, str], frozenset | None]:
+                mine, staged_k = settings_of(steps, k)
                 # a layer of ours is placed where the stage covers it, as it was planned
-                return mine, (frozenset({n for _, w, n in steps[:k] if w == 1} | mine) if stage is not None else None)
+                return mine, (frozenset(staged_k | set(mine)) if stage is not None else None)
 
             def confirms(k: int) -> bool:
                 mine, covered = head(k)
-                model = final_model(mine, covered)
+                model = model_with(mine, covered)
                 looked[k] = model, evaluator.confirm(model, budget.max_drop)
-                staged_part = f" and {stage.name} on {len(covered - mine)} layers" if stage is not None else ""
-                say(f"auto: {len(mine)} layers of ours{staged_part} (the {k} least damaging of {len(steps)} steps "
-                    f"back), on the held-out --eval inputs: {looked[k][1].as_dict()}")
+                gentler = sum(label != chosen[n].label for n, label in mine.items())
+                staged_part = f" and {stage.name} on {len(covered - set(mine))} layers" if stage is not None else ""
+                say(f"auto: {len(mine)} layers of ours ({gentler} at a gentler setting){staged_part} (the {k} "
+                    f"least damaging of {len(steps)} steps back), on the held-out --eval inputs: "
+                    f"{looked[k][1].as_dict()}")
                 return looked[k][1].meets
 
             k = longest_passing(len(steps) - 1, confirms) if len(steps) > 1 else 0
             if k and relative_speed(canon, looked[k][0]) < 1.0:
                 say(f"auto: the model of the {k} least damaging steps back is slower than the original: not kept")
                 k = 0
-            kept, covered = head(k)
+            mine, covered = head(k)
+            kept = set(mine)
             stage_layers = [n for n in base_stage.layers if n in covered and n not in kept] if covered else []
             if k:
                 final, confirmation = looked[k]
                 staged_part = (f" and {stage.name} on {len(stage_layers)} of its {len(base_stage.layers)} layers"
                                if stage is not None else "")
-                what = (f"{len(kept)} of the {len(chosen)} layers of ours{staged_part} kept (the {k} least damaging "
-                        f"of {len(steps)} steps back)")
+                gentler = {n: label for n, label in mine.items() if label != chosen[n].label}
+                what = (f"{len(kept)} of the {len(chosen)} layers of ours"
+                        + (f" ({len(gentler)} of them at a gentler setting)" if gentler else "")
+                        + f"{staged_part} kept (the {k} least damaging of {len(steps)} steps back)")
             else:
+                gentler = {}
                 final, what = canon, "the canonicalised original written"
                 confirmation = evaluator.confirm(canon, budget.max_drop)
             for n in (set(chosen) | set(staged)) - kept - set(stage_layers):
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
-            chosen = {n: chosen[n] for n in kept}
+            for n, label in gentler.items():
+                stepped_from[n] = chosen[n].label
+                seq_records[n] = records[(n, label)]
+            chosen = {n: next(m for m in [chosen[n], *rungs[n]] if m.label == mine[n]) for n in kept}
             if stage_layers:
                 staged = {n: base_stage.stage for n in stage_layers}
                 left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
@@ -795,6 +823,9 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                    f"within the budget ({plan_source})") if alone > 0 else (
                 f"alone it saves {alone:+.3f} ms (relative error {chosen[n].error:.2e}), but it is part of "
                 f"{plan_source}, which is faster as a whole")
+            if n in stepped_from:
+                why += (f"; stepped back from {stepped_from[n]}: the written model missed --max-drop on the "
+                        "held-out --eval inputs with it")
             row.update(choice=c.label, saved_ms=round(alone, 5), error_alone=chosen[n].error, work_after=work,
                        why=why)
             macs_after_total += work.get("macs") if work.get("macs") is not None else (macs.get(n) or 0)

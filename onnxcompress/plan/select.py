@@ -163,3 +163,42 @@ def leave_out_slower(kept: list[str], gain_without: Callable[[str], float],
     if not holds(rest):
         return list(kept), {}, f"without {sorted(slower)} the model misses the budget: all kept"
     return rest, slower, f"left out for speed {', '.join(sorted(slower))} ({together:.3f}x the model with them)"
+
+
+def gentler_settings(current: Measured, options: list[Measured]) -> list[Measured]:
+    """The settings a layer can step back to from `current` before it goes back to its original
+    (or the stage's) form: those of `options` (the layer's candidates, measured alone) with less
+    error that still save time, each not dominated by another of them (no other has at most its
+    error and saves at least as much); by increasing error."""
+    below = [o for o in options if o.label != current.label and o.error < current.error and o.saved_ms > 0]
+    front = [o for o in below
+             if not any(p is not o and p.error <= o.error and p.saved_ms >= o.saved_ms
+                        and (p.error, -p.saved_ms, p.label) < (o.error, -o.saved_ms, o.label) for p in below)]
+    return sorted(front, key=lambda o: (o.error, o.label))
+
+
+# One step back: (damage alone, 0 for a layer of ours or 1 for a layer of a whole-model stage, layer,
+# the layer's setting with that damage: a candidate label, "" for the stage).
+Step = tuple[float, int, str, str]
+
+
+def ranked_steps(ours: dict[str, Measured], rungs: dict[str, list[Measured]],
+                 stage_damage: dict[str, float]) -> list[Step]:
+    """Every step away from the planned model, least damaging alone first: each layer of ours at
+    its planned setting and at each gentler one (`rungs`), each layer of the stage in it. A prefix
+    of k of them is a model (`settings_of`): each layer of ours at the most damaging setting the
+    prefix holds (its gentler settings, less damaging, come earlier), each stage layer the prefix
+    holds in the stage; a layer of ours the prefix holds no setting of goes back."""
+    steps = [(m.error, 0, n, m.label) for n, m in ours.items()]
+    steps += [(r.error, 0, n, r.label) for n in ours for r in rungs.get(n, [])]
+    steps += [(d, 1, n, "") for n, d in stage_damage.items()]
+    return sorted(steps)
+
+
+def settings_of(steps: list[Step], k: int) -> tuple[dict[str, str], set[str]]:
+    """The model of the first k `steps`: (layer of ours -> its setting, the stage's layers)."""
+    mine: dict[str, str] = {}
+    for _, which, n, label in steps[:k]:
+        if which == 0:
+            mine[n] = label  # by increasing damage: the last one is the layer's most damaging setting held
+    return mine, {n for _, which, n, _ in steps[:k] if which == 1}
