@@ -99,15 +99,42 @@ def test_back_off_and_guarantee_with_injected_timings():
     assert kept == {"a", "c"} and given == ["b"]
     # the model is slower with more than one layer replaced: the weakest savers go back
     saved = {"a": 3.0, "b": 1.0, "c": 2.0}
-    kept, for_budget, for_speed = guarantee(["a", "b", "c"], ["a", "b", "c"], saved, lambda k: True,
+    kept, for_budget, for_speed = guarantee(["a", "b", "c"], {"a": 3, "b": 2, "c": 1}, saved, lambda k: True,
                                             lambda k: 1.2 if len(k) <= 1 else 0.9)
     assert kept == {"a"} and for_speed == ["b", "c"] and for_budget == []
     # never faster: nothing is kept (the original is written)
-    kept, _, for_speed = guarantee(["a", "b"], ["a", "b"], saved, lambda k: True, lambda k: 0.99)
+    kept, _, for_speed = guarantee(["a", "b"], {"a": 2, "b": 1}, saved, lambda k: True, lambda k: 0.99)
     assert kept == set() and len(for_speed) == 2
     # the budget goes first, most damaging first
-    kept, for_budget, _ = guarantee(["a", "b"], ["b", "a"], saved, lambda k: "b" not in k, lambda k: 2.0)
+    kept, for_budget, _ = guarantee(["a", "b"], {"b": 2, "a": 1}, saved, lambda k: "b" not in k, lambda k: 2.0)
     assert kept == {"a"} and for_budget == ["b"]
+
+
+def test_guarantee_steps_the_most_damaging_layer_down_before_giving_it_back():
+    # b is the most damaging (0.9), then a (0.5): b steps down to 0.4, so a is the worst next, and
+    # a has no gentler setting: it goes back; b at 0.4 then meets the budget and is kept
+    setting = {"a": "a1", "b": "b1"}
+    ladders = {"a": [], "b": [("b2", 0.4), ("b3", 0.1)]}
+    seen = []
+
+    def step_down(n):
+        if not ladders[n]:
+            return None
+        setting[n], d = ladders[n].pop(0)
+        return d
+
+    def meets(k):
+        seen.append(tuple(sorted((n, setting[n]) for n in k)))
+        return "a" not in k and setting["b"] != "b1"
+
+    kept, for_budget, _ = guarantee(["a", "b"], {"a": 0.5, "b": 0.9}, {"a": 1.0, "b": 1.0}, meets,
+                                    lambda k: 2.0, step_down=step_down)
+    assert kept == {"b"} and for_budget == ["a"] and setting == {"a": "a1", "b": "b2"}
+    assert seen == [(("a", "a1"), ("b", "b1")), (("a", "a1"), ("b", "b2")), (("b", "b2"),)]
+    # a step down that does not lower the damage is not taken as one: the layer goes back
+    kept, for_budget, _ = guarantee(["a"], {"a": 0.5}, {"a": 1.0}, lambda k: not k, lambda k: 2.0,
+                                    step_down=lambda n: 0.7)
+    assert kept == set() and for_budget == ["a"]
 
 
 def test_splice_and_revert_move_one_layer():

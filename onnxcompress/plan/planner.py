@@ -21,8 +21,9 @@
 6. The guarantee on the written model itself (activations fused): it meets the budget on the
    validation part and is not slower than the original (or the stage it is placed in) at the
    planning thread count nor at any thread count the report gives; layers are given back until
-   both hold, and where none is left the canonicalised original is written and the report says
-   why.
+   both hold (for the budget, the most damaging first, each first stepped down to the gentler
+   settings it was measured at in step 3, fitted alone, while it has one), and where none is left
+   the canonicalised original is written and the report says why.
 7. Whole-model stages (INT8) on the Convs the plan left, where they pay.
 8. With --max-drop, the share of --eval held out of planning (`confirm_fraction`) is looked at
    once, for the written model: the drop the report states. Where it misses the budget there,
@@ -554,36 +555,43 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     speedups: dict[frozenset, float] = {}
     finals: dict[frozenset, tuple[onnx.ModelProto, Measurement]] = {}
 
-    built: dict[frozenset, onnx.ModelProto] = {}
+    built: dict[Any, onnx.ModelProto] = {}
+    # the setting of each layer of ours as fitted in `candidate_model` (the plan), and the gentler
+    # setting a layer was moved to where the written model missed the budget with the planned one
+    # (step 6, then step 8: the setting measured alone in step 3, as fitted alone in step 2)
+    planned = {n: m.label for n, m in chosen.items()}
+    gentled: dict[str, Measured] = {}
+    stepped: dict[str, list[str]] = {}  # layer -> what it stepped back from, and why, for the report
+    rungs = {n: [m for m in measured.get(n, []) if (n, m.label) in replacements] for n in chosen}
 
-    def final_model(kept: set[str], covered: frozenset | None = None) -> onnx.ModelProto:
-        """The written model with the layers of ours `kept`, in the stage on `covered` (None: on all
-        of its layers) where there is a stage."""
-        key = frozenset(kept) if covered is None else (frozenset(kept), covered)
+    def setting(n: str) -> Measured:
+        return gentled.get(n, chosen[n])
+
+    def model_with(settings: dict[str, str], covered: frozenset | None = None) -> onnx.ModelProto:
+        """The written model with each layer of ours in `settings` at that setting (the others as
+        they were), in the stage on `covered` (None: on all of its layers) where there is a stage."""
+        key = (frozenset(settings.items()), covered)
         if key not in built:
-            fp32 = revert(candidate_model, canon, set(chosen) - kept)
+            same = {n for n, label in settings.items() if label == planned[n]}
+            other = sorted((n, label) for n, label in settings.items() if label != planned[n])
+            fp32 = revert(candidate_model, canon, set(planned) - same)
             if base_stage is None:
-                built[key] = _finish(fp32, list(finishing.values()))
+                built[key] = _finish(splice(fp32, [replacements[o] for o in other]) if other else fp32,
+                                     list(finishing.values()))
             else:  # the layers of ours placed into the quantized model (finishing passes not run)
-                reps = [replacement_of(canon, fp32, n) for n in sorted(kept)]
+                reps = [replacement_of(canon, fp32, n) for n in sorted(same)] + [replacements[o] for o in other]
                 built[key] = _finish(place([r for r in reps if r is not None], covered=covered), [])
         return built[key]
 
-    def model_with(settings: dict[str, str], covered: frozenset | None = None) -> onnx.ModelProto:
-        """`final_model` with each layer of ours in `settings` at that setting: at its planned one as
-        fitted in the plan, at another (a gentler one, step 8) as fitted alone in step 2."""
-        same = {n for n, label in settings.items() if label == chosen[n].label}
-        other = sorted((n, label) for n, label in settings.items() if label != chosen[n].label)
-        if not other:
-            return final_model(same, covered)
-        fp32 = revert(candidate_model, canon, set(chosen) - same)
-        if base_stage is None:
-            return _finish(splice(fp32, [replacements[o] for o in other]), list(finishing.values()))
-        reps = [replacement_of(canon, fp32, n) for n in sorted(same)] + [replacements[o] for o in other]
-        return _finish(place([r for r in reps if r is not None], covered=covered), [])
+    def final_model(kept: set[str], covered: frozenset | None = None) -> onnx.ModelProto:
+        """The written model with the layers of ours `kept`, each at its current setting."""
+        return model_with({n: setting(n).label for n in kept}, covered)
+
+    def key_of(kept: set[str]) -> frozenset:
+        return frozenset((n, setting(n).label) for n in kept)
 
     def final_of(kept: set[str]):
-        key = frozenset(kept)
+        key = key_of(kept)
         if key not in finals:
             out = final_model(kept)
             finals[key] = (out, evaluator.measure(out, with_eval=with_eval))
@@ -598,7 +606,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         """The model's speedup against the base at the planning thread count; and, where the report
         gives other thread counts, the lowest of them all (`slowest`), which the guarantee holds to:
         a plan faster at one thread and slower at two is not written."""
-        key = frozenset(kept)
+        key = key_of(kept)
         if key not in speedups:
             at = {}
             for t in dict.fromkeys((timer.threads, *report_threads)):
@@ -617,14 +625,27 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
 
     def lowest_speed(kept: set[str]) -> float:
         speed(kept)
-        low, t = slowest[frozenset(kept)]
+        low, t = slowest[key_of(kept)]
         if low < 1.0:
             refused.append((len(kept), low, t))
         return low
 
-    damage = sorted(chosen, key=lambda n: -chosen[n].error)
+    damage = {n: chosen[n].error for n in chosen}
     saved = {n: chosen[n].saved_ms for n in chosen}
-    kept, given_budget, given_speed = guarantee(list(chosen), damage, saved, meets, lowest_speed)
+
+    def step_down(n: str) -> float | None:
+        """Layer n at the most damaging of its gentler settings, where it has one (the guarantee
+        then measures the model again); its damage there, else None."""
+        down = gentler_settings(setting(n), rungs[n])
+        if not down:
+            return None
+        stepped.setdefault(n, []).append(f"stepped back from {setting(n).label}: the written model missed the "
+                                         "budget with it")
+        gentled[n] = down[-1]
+        saved[n] = down[-1].saved_ms
+        return down[-1].error
+
+    kept, given_budget, given_speed = guarantee(list(chosen), damage, saved, meets, lowest_speed, step_down=step_down)
     for n in given_budget:
         why_not[n] = "given back: the written model missed the budget with it"
     for n, (count, at, t) in zip(given_speed, refused):  # each refusal gave back the layer saving least
@@ -666,7 +687,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         else:
             notes.append("every layer of the plan was given back (budget or speed): the canonicalised original "
                          "is written")
-    chosen = {n: chosen[n] for n in kept}
+    for n in kept:
+        if n in gentled:
+            seq_records[n] = records[(n, gentled[n].label)]
+    chosen = {n: setting(n) for n in kept}
 
     # ---------------------------------------------------------------- 7. whole-model stages (INT8)
     # With a stage as the base, the layers it covers that the plan did not take stay in it. Otherwise
@@ -679,14 +703,14 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             ref_ms, cand_ms = timer.time(final, key=None, runs=final_runs)
             final_speed = ref_ms / cand_ms
             notes.append(f"{len(kept)} layer(s) of ours in the {base_stage.stage} model: "
-                         f"{speedups[frozenset(kept)]:.3f}x against {base_stage.stage} alone")
+                         f"{speedups[key_of(kept)]:.3f}x against {base_stage.stage} alone")
         else:
             final_speed = base_stage.speedup
         staged = {n: base_stage.stage for n in base_stage.layers if n not in kept}
         left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
         plan_kind = (plan_kind + " + " if kept else "") + base_stage.stage
     else:
-        final_speed = speedups.get(frozenset(kept)) if kept else 1.0
+        final_speed = speedups.get(key_of(kept)) if kept else 1.0
         winner: StageOutcome | None = None
         for sname in stage_names if kept else []:
             # the Convs the plan left, and the standard Convs it wrote (penni's portable form)
@@ -712,7 +736,6 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
     # of it is looked at here, once, for the written model. Where the drop there misses the budget,
     # steps back go (the least damaging kept, bisected), each a look.
     confirmation = None
-    stepped_from: dict[str, str] = {}  # layer of ours -> its planned setting, where step 8 chose a gentler one
     if evaluator.confirm_data is not None:
         confirmation = evaluator.confirm(final, budget.max_drop)
         say(f"auto: the written model on the {confirmation.samples} held-out --eval inputs: "
@@ -728,9 +751,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             stage = STAGES[base_stage.stage] if base_stage is not None else None
             alone = (damage_alone(stage, stage.prepare(canon), list(base_stage.layers),
                                   list(fit_feeds)[:stage.max_feeds], evaluator) if stage is not None else {})
-            rungs = {n: [m for m in gentler_settings(chosen[n], measured.get(n, []))
-                         if (n, m.label) in replacements] for n in kept}
-            steps = ranked_steps({n: chosen[n] for n in kept}, rungs, alone)
+            gentler_of = {n: gentler_settings(chosen[n], rungs[n]) for n in kept}
+            steps = ranked_steps({n: chosen[n] for n in kept}, gentler_of, alone)
 
             def head(k: int) -> tuple[dict[str, str], frozenset | None]:
                 mine, staged_k = settings_of(steps, k)
@@ -770,9 +792,10 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             for n in (set(chosen) | set(staged)) - kept - set(stage_layers):
                 why_not[n] = "given back: the written model missed --max-drop on the held-out --eval inputs with it"
             for n, label in gentler.items():
-                stepped_from[n] = chosen[n].label
+                stepped.setdefault(n, []).append(f"stepped back from {chosen[n].label}: the written model missed "
+                                                 "--max-drop on the held-out --eval inputs with it")
                 seq_records[n] = records[(n, label)]
-            chosen = {n: next(m for m in [chosen[n], *rungs[n]] if m.label == mine[n]) for n in kept}
+            chosen = {n: next(m for m in [chosen[n], *gentler_of[n]] if m.label == mine[n]) for n in kept}
             if stage_layers:
                 staged = {n: base_stage.stage for n in stage_layers}
                 left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items() if n not in kept}
@@ -823,9 +846,8 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
                    f"within the budget ({plan_source})") if alone > 0 else (
                 f"alone it saves {alone:+.3f} ms (relative error {chosen[n].error:.2e}), but it is part of "
                 f"{plan_source}, which is faster as a whole")
-            if n in stepped_from:
-                why += (f"; stepped back from {stepped_from[n]}: the written model missed --max-drop on the "
-                        "held-out --eval inputs with it")
+            if n in stepped:
+                why += "; " + "; ".join(stepped[n])
             row.update(choice=c.label, saved_ms=round(alone, 5), error_alone=chosen[n].error, work_after=work,
                        why=why)
             macs_after_total += work.get("macs") if work.get("macs") is not None else (macs.get(n) or 0)

@@ -116,20 +116,30 @@ def ensure_not_slower(layers: list[str], saved_ms: dict[str, float], speedup: Ca
     return kept, given_back, seen
 
 
-def guarantee(layers: list[str], damage_order: list[str], saved_ms: dict[str, float],
+def guarantee(layers: list[str], damage: dict[str, float], saved_ms: dict[str, float],
               meets: Callable[[set[str]], bool], speedup: Callable[[set[str]], float],
-              min_speedup: float = 1.0) -> tuple[set[str], list[str], list[str]]:
+              min_speedup: float = 1.0,
+              step_down: Callable[[str], float | None] | None = None) -> tuple[set[str], list[str], list[str]]:
     """The written model's guarantee: gives back layers until the model with the rest meets the
     budget (the most damaging first) and times at least `min_speedup` against the original (the
     ones saving least first). Returns (kept, given back for the budget, given back for speed);
-    an empty set (the original) needs no check."""
+    an empty set (the original) needs no check.
+
+    `step_down(n)`, where given, is offered the layer the budget would give back first: it puts
+    the layer at a gentler setting (the caller's state, which `meets`, `speedup` and `saved_ms`
+    then reflect) and returns its damage there, or returns None where the layer has none left,
+    and the layer goes back."""
     kept = set(layers)
+    damage = dict(damage)
     for_budget: list[str] = []
     for_speed: list[str] = []
-    rank = {n: i for i, n in enumerate(damage_order)}
     while kept:
         if not meets(kept):
-            worst = min(kept, key=lambda n: (rank.get(n, len(rank)), n))
+            worst = max(kept, key=lambda n: (damage.get(n, -math.inf), n))
+            lower = step_down(worst) if step_down is not None else None
+            if lower is not None and lower < damage.get(worst, math.inf):
+                damage[worst] = lower
+                continue
             kept.discard(worst)
             for_budget.append(worst)
             continue
