@@ -182,7 +182,7 @@ def gentler_settings(current: Measured, options: list[Measured]) -> list[Measure
     error and saves at least as much); by increasing error."""
     below = [o for o in options if o.label != current.label and o.error < current.error and o.saved_ms > 0]
     front = [o for o in below
-             if not any(p is not o and p.error <= o.error and p.saved_ms >= o.saved_ms
+             if not any(p.error <= o.error and p.saved_ms >= o.saved_ms
                         and (p.error, -p.saved_ms, p.label) < (o.error, -o.saved_ms, o.label) for p in below)]
     return sorted(front, key=lambda o: (o.error, o.label))
 
