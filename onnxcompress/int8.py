@@ -297,7 +297,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
                    calibrate_method: str = "minmax", per_channel: bool = True,
                    fold_activations: bool = True, extra_options: dict | None = None,
                    fuse_basis: bool = True, other_ops: bool = False,
-                   refine_weights: bool = False, reduce_range: bool | None = None) -> onnx.ModelProto:
+                   refine_weights: bool = False, bias_correction: bool = False,
+                   reduce_range: bool | None = None) -> onnx.ModelProto:
     """Static INT8 quantization (QDQ) of the chosen Conv nodes of `model`, others left alone.
 
     nodes: names of the Conv nodes to quantize (None: every standard Conv of the model);
@@ -321,6 +322,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     refine_weights: the s8 weights of each quantized Conv rounded to minimise the error of its
     output on the calibration inputs instead of to nearest, and its int32 bias moved by the mean
     shift the rounding leaves (fitting/int8_rounding.py); ORT's scales are kept.
+    bias_correction: ORT's rounding kept, and the int32 bias of each quantized Conv moved by the
+    mean shift that rounding leaves, (W - Wq) E[x] per output channel, E[x] the mean of the Conv's
+    unfolded input over the calibration inputs in the fp32 model (implied by refine_weights).
     reduce_range: s8 weights in [-64, 64] (quantize_static's `reduce_range`), so that no pair of
     u8 x s8 products passes an int16; None (default): where ORT's u8 x s8 convolution on this CPU
     saturates (`u8s8_saturates()`, measured once per process).
@@ -353,7 +357,7 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         pre_path, cache = workdir / "pre.onnx", workdir / "ranges.json"
         if key in _PREPARED:
             _PREPARED.move_to_end(key)
-            pre_bytes, ranges_json = _PREPARED[key]
+            pre_bytes, ranges_json, means = _PREPARED[key]
             pre = onnx.ModelProto.FromString(pre_bytes)
             pre_path.write_bytes(pre_bytes)
             cache.write_text(ranges_json)
@@ -364,7 +368,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
             handled = set(quantizable_op_types())
             kinds = sorted({n.op_type for n in pre.graph.node if n.op_type in handled} | {"Conv"})
             save_tensors_data(_calibrate(pre_path, kinds, calib_feeds, method, workdir, extra), cache)
-            _PREPARED[key] = (pre_path.read_bytes(), cache.read_text())
+            means = {}
+            _PREPARED[key] = (pre_path.read_bytes(), cache.read_text(), means)
             while len(_PREPARED) > _PREPARED_ENTRIES:
                 _PREPARED.popitem(last=False)
         missing = [n for n in chosen if n not in set(conv_names(pre))]
@@ -399,8 +404,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
-        if refine_weights:
-            result = _refine_weights(result, pre, calib_feeds, chosen, qmax=QMAX_REDUCED if reduce_range else QMAX)
+        if refine_weights or bias_correction:
+            result = _refine_weights(result, pre, calib_feeds, chosen, rounding=refine_weights,
+                                     qmax=QMAX_REDUCED if reduce_range else QMAX, means=means)
     result = prepare_for_runtime(result)
     if fuse_basis:
         from .passes.fuse_quantized_basis import fuse_quantized_basis
@@ -411,17 +417,19 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
 
 def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: list[str],
                     row_budget: int = 2048, seed: int = 0, rounding: bool = True,
-                    bias_shift: bool = True, qmax: int = QMAX) -> onnx.ModelProto:
+                    bias_shift: bool = True, qmax: int = QMAX, means: dict | None = None) -> onnx.ModelProto:
     """`q` (quantize_static's QDQ model of `pre`) with the s8 weights and int32 biases of the
     chosen INT8 Convs refitted to the layer's output on `feeds` (inputs from the fp32 model `pre`).
-    `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md); `qmax` bounds
+    `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md): without
+    `rounding` ORT's integers stay and only the bias moves, by the exact mean of each Conv's
+    unfolded input (`means`: a cache of those, by Conv name, for `pre` and `feeds`); `qmax` bounds
     the integers."""
     from onnx import numpy_helper
 
     from .calibration.capture import LayerCapture
     from .calibration.im2col import conv_attrs
-    from .calibration.moments import ConvMoments
-    from .fitting.int8_rounding import mean_corrected_bias, round_to_nearest, round_to_output
+    from .calibration.moments import ConvMoments, UnfoldedMean
+    from .fitting.int8_rounding import mean_corrected_bias, round_to_output
 
     inits = {t.name: t for t in q.graph.initializer}
     producer = {o: n for n in q.graph.node for o in n.output}
@@ -456,27 +464,44 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
         b_parts = dq_parts(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         bias = (numpy_helper.to_array(pre_inits[src.input[2]]).astype(np.float64)
                 if b_parts is not None and len(src.input) > 2 and src.input[2] in pre_inits else None)
-        moments = ConvMoments(weight.shape, conv_attrs(src), with_targets=False, row_budget=row_budget, seed=seed)
-        sites.append((node, src.input[0], weight, scale, w_parts, bias, b_parts, moments))
+        if rounding:
+            stats = ConvMoments(weight.shape, conv_attrs(src), with_targets=False, row_budget=row_budget, seed=seed)
+        elif b_parts is None or bias is None or not bias_shift:
+            continue  # ORT's integers, and no bias to move
+        elif means is not None and node.name in means:
+            stats = means[node.name]
+        else:
+            stats = UnfoldedMean(weight.shape, conv_attrs(src))
+        sites.append((node, src.input[0], weight, scale, ints, w_parts, bias, b_parts, stats))
     if not sites:
         return q
-    capture = LayerCapture(pre)
-    for values in capture.stream(feeds, sorted({s[1] for s in sites})):
-        for _, x_name, *_, moments in sites:
-            moments.update(values[x_name])
-    for node, _, weight, scale, w_parts, bias, b_parts, moments in sites:
+    pending = [s for s in sites if not isinstance(s[-1], list)]
+    if pending:
+        for values in LayerCapture(pre).stream(feeds, sorted({s[1] for s in pending})):
+            for _, x_name, *_, stats in pending:
+                stats.update(values[x_name])
+    for node, _, weight, scale, ints_ort, w_parts, bias, b_parts, stats in sites:
         m = weight.shape[0]
         flat = weight.reshape(m, -1)
-        per = m // moments.group
-        ints = np.zeros(flat.shape, np.int8)
+        if isinstance(stats, ConvMoments):
+            groups = [(acc.H, acc.mean_x) for acc in stats.groups]
+        else:
+            if isinstance(stats, UnfoldedMean):
+                stats = stats.means
+                if means is not None:
+                    means[node.name] = stats
+            groups = [(None, mean) for mean in stats]
+        per = m // len(groups)
+        ints = ints_ort.reshape(m, -1).copy()
         new_bias = np.zeros(m, np.float32)
-        for g, acc in enumerate(moments.groups):
+        for g, (H, mean_x) in enumerate(groups):
             rows = slice(g * per, (g + 1) * per)
-            ints[rows] = (round_to_output(flat[rows], scale[rows], acc.H, qmax=qmax) if rounding else
-                          round_to_nearest(flat[rows], scale[rows], qmax=qmax))
+            if rounding:
+                ints[rows] = round_to_output(flat[rows], scale[rows], H, qmax=qmax)
             new_bias[rows] = mean_corrected_bias(None if bias is None else bias[rows], flat[rows],
-                                                 ints[rows].astype(np.float64) * scale[rows, None], acc.mean_x)
-        inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints.reshape(weight.shape), w_parts[0]))
+                                                 ints[rows].astype(np.float64) * scale[rows, None], mean_x)
+        if rounding:
+            inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints.reshape(weight.shape), w_parts[0]))
         if b_parts is not None and bias is not None and bias_shift:
             b_scale = numpy_helper.to_array(inits[b_parts[1]]).astype(np.float64).reshape(-1)
             if b_scale.size == m and np.all(b_scale > 0):

@@ -18,6 +18,7 @@ from onnxcompress.calibration import (
     conv_names, corrected_bias, im2col, kernel_basis_matrix, kernel_basis_moments, basis_moments, output_rows,
     refit_conv_layer, ridge_lambda, solve_masked, solve_masked_basis,
 )
+from onnxcompress.calibration.moments import UnfoldedMean
 from onnxcompress.calibration import solve as solve_module
 from onnxcompress.errors import OnnxCompressError
 from onnxcompress.model_io import prepare_for_runtime
@@ -316,6 +317,28 @@ def test_conv_moments_per_group_like_one_shot():
         np.testing.assert_allclose(mom.groups[g].H, X[g].astype(np.float64).T @ X[g], rtol=1e-10)
         np.testing.assert_allclose(mom.groups[g].G, X[g].astype(np.float64).T @ Y[g], rtol=1e-9, atol=1e-9)
     assert mom.rows_used == X[0].shape[0]
+
+
+@pytest.mark.parametrize("attrs", CONV_CASES, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()) or "plain")
+def test_unfolded_mean_is_the_mean_of_every_im2col_row(attrs):
+    """Batches of two input sizes; the mean of all their im2col rows, zero padding included."""
+    r = rng(13)
+    group = attrs.get("group", 1)
+    w_shape = (8, 4 // group, 3, 2)
+    mean = UnfoldedMean(w_shape, attrs)
+    rows = [[] for _ in range(group)]
+    for shape in ((3, 4, 11, 10), (1, 4, 8, 9), (2, 4, 11, 10)):
+        x = (r.standard_normal(shape) + 0.7).astype(np.float32)
+        mean.update(x)
+        for g, cols in enumerate(im2col(x, conv_geometry(attrs, x.shape, w_shape))):
+            rows[g].append(cols.astype(np.float64))
+    assert len(mean.means) == group
+    for g in range(group):
+        np.testing.assert_allclose(mean.means[g], np.concatenate(rows[g]).mean(0), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        mean.update(np.zeros((1, 3, 11, 10), np.float32))  # not the Conv's channels
+    with pytest.raises(ValueError, match="no batch"):
+        _ = UnfoldedMean(w_shape, attrs).means
 
 
 def test_subsampling_is_deterministic_for_a_seed():

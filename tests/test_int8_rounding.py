@@ -80,3 +80,62 @@ def test_refined_model_is_closer_to_fp32_with_the_same_scales():
     err_plain = compare_models(model, plain, held_out)[0].mean_abs_error
     err_refined = compare_models(model, refined, held_out)[0].mean_abs_error
     assert err_refined < err_plain, (err_refined, err_plain)
+
+
+def _int8_parts(model):
+    """{Conv name: (s8 weights, weight scales, int32 bias, bias scales)} of the INT8 Convs."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    parts = {}
+    for n in model.graph.node:
+        if n.name in int8_convs(model):
+            w, b = producer[n.input[1]], producer[n.input[2]]
+            parts[n.name] = (inits[w.input[0]], inits[w.input[1]], inits[b.input[0]], inits[b.input[1]])
+    return parts
+
+
+def test_bias_correction_keeps_ort_integers_and_moves_each_bias_by_its_mean_shift():
+    from onnxcompress.calibration import LayerCapture, conv_geometry, im2col
+
+    model, _ = modelgen.two_block_resnet()
+    feeds = random_feeds(model, 12, seed=0, batch=3)
+    held_out = random_feeds(model, 8, seed=7, batch=4)
+    plain = quantize_convs(model, feeds)
+    corrected = quantize_convs(model, feeds, bias_correction=True)
+    assert quantize_convs(model, feeds, bias_correction=True).SerializeToString() == corrected.SerializeToString()
+    before, after = _int8_parts(plain), _int8_parts(corrected)
+    assert sorted(after) == sorted(conv_names(model))
+    fp32 = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    captured = list(LayerCapture(model).stream(feeds, [n.input[0] for n in convs.values()]))
+    moved = 0
+    for name, (ints, w_scale, b_int, b_scale) in after.items():
+        np.testing.assert_array_equal(ints, before[name][0])  # ORT's rounding kept
+        np.testing.assert_array_equal(w_scale, before[name][1])
+        node = convs[name]
+        weight, bias = fp32[node.input[1]], fp32[node.input[2]]
+        attrs = {a.name: __import__("onnx").helper.get_attribute_value(a) for a in node.attribute}
+        cols = np.concatenate([im2col(c[node.input[0]], conv_geometry(attrs, c[node.input[0]].shape, weight.shape))[0]
+                               for c in captured]).astype(np.float64)
+        want = mean_corrected_bias(bias, weight.reshape(len(bias), -1),
+                                   ints.reshape(len(bias), -1) * w_scale.astype(np.float64)[:, None], cols.mean(0))
+        assert np.abs(b_int.astype(np.float64) * b_scale - want).max() <= b_scale.max()
+        moved += int(np.any(b_int != before[name][2]))
+    assert moved >= len(after) // 2
+    err_plain = compare_models(model, plain, held_out)[0].mean_abs_error
+    err_corrected = compare_models(model, corrected, held_out)[0].mean_abs_error
+    assert err_corrected < err_plain, (err_corrected, err_plain)
+
+
+def test_the_planners_int8_stage_corrects_biases():
+    from onnxcompress.plan.stages import STAGES
+
+    model, _ = modelgen.two_block_resnet()
+    feeds = random_feeds(model, 8, seed=1, batch=2)
+    stage = STAGES["int8"]
+    staged = stage.apply(stage.prepare(model), conv_names(model), feeds)
+    want = quantize_convs(model, feeds, bias_correction=True)
+    plain = _int8_parts(quantize_convs(model, feeds))
+    for name, parts in _int8_parts(staged).items():
+        np.testing.assert_array_equal(parts[2], _int8_parts(want)[name][2])
+    assert any(not np.array_equal(parts[2], plain[name][2]) for name, parts in _int8_parts(staged).items())

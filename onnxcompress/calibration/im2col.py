@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["ConvGeometry", "conv_attrs", "conv_geometry", "im2col", "output_rows", "rows_to_nchw", "conv2d_im2col"]
+__all__ = ["ConvGeometry", "conv_attrs", "conv_geometry", "im2col", "column_sums", "output_rows", "rows_to_nchw",
+           "conv2d_im2col"]
 
 
 def conv_attrs(node) -> dict[str, Any]:
@@ -159,6 +160,15 @@ def im2col(x: np.ndarray, geo: ConvGeometry, rows: np.ndarray | None = None) -> 
         part = view[:, g * cg:(g + 1) * cg].transpose(0, 2, 3, 1, 4, 5)  # N, OH, OW, Cg, kh, kw
         out.append(part.reshape(n * geo.out_hw[0] * geo.out_hw[1], geo.cols))
     return out
+
+
+def column_sums(x: np.ndarray, geo: ConvGeometry) -> list[np.ndarray]:
+    """Per group, the column sums [Cin_g*kh*kw] of im2col(x) (every output position, zero padding
+    included), in float64, without unfolding: a reduction over the strided window view."""
+    view = _windows(x, geo)
+    sums = view.sum(axis=(0, 2, 3), dtype=np.float64)  # [C, kh, kw]
+    cg = geo.cin_per_group
+    return [sums[g * cg:(g + 1) * cg].reshape(-1) for g in range(geo.group)]
 
 
 def output_rows(y: np.ndarray, group: int = 1, rows: np.ndarray | None = None,

@@ -7,15 +7,17 @@ batch: a batch with more rows than the budget contributes a uniform sample
 (without replacement) drawn from a seeded generator, so the same seed and the
 same batches give the same moments. `ConvMoments` does both for a Conv layer:
 it samples output positions first and unfolds only those (im2col), per group.
+`UnfoldedMean` is the first moment alone, exact over every output position: the
+mean of a Conv's unfolded input that a bias correction needs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .im2col import ConvGeometry, conv_geometry, im2col, output_rows
+from .im2col import ConvGeometry, column_sums, conv_geometry, im2col, output_rows
 
-__all__ = ["RowSampler", "MomentAccumulator", "ConvMoments"]
+__all__ = ["RowSampler", "MomentAccumulator", "ConvMoments", "UnfoldedMean"]
 
 # Rows converted to float64 at a time inside update(): bounds the temporary copy.
 CHUNK_ROWS = 8192
@@ -160,3 +162,39 @@ class ConvMoments:
         for acc, c, t in zip(self.groups, cols, targets):
             acc.update(c, t, presampled=True)
         return cols[0].shape[0]
+
+
+class UnfoldedMean:
+    """The mean of a Conv's unfolded input over every output position of every batch (zero
+    padding included), per group: E[x] of the columns of im2col, in W.reshape(M, -1)'s order.
+
+    The batches are summed as they come (one sum per input size), and unfolded once at the end,
+    so a batch costs one addition of its input; nothing is sampled.
+    weight_shape: [M, Cin/group, kh, kw]; attrs: the Conv's attributes.
+    """
+
+    def __init__(self, weight_shape, attrs):
+        self.weight_shape = tuple(int(v) for v in weight_shape)
+        self.attrs = dict(attrs)
+        self._sums: dict[tuple[int, ...], list] = {}  # input [C, H, W] -> [sum over the batch, images]
+
+    def update(self, x: np.ndarray) -> None:
+        """Adds one batch x [N, Cin, H, W] of the Conv's input."""
+        x = np.asarray(x)
+        conv_geometry(self.attrs, x.shape, self.weight_shape)  # the batch must fit the Conv
+        entry = self._sums.setdefault(tuple(x.shape[1:]), [np.zeros(x.shape[1:]), 0])
+        entry[0] += x.sum(axis=0, dtype=np.float64)
+        entry[1] += x.shape[0]
+
+    @property
+    def means(self) -> list[np.ndarray]:
+        """Per group, the mean of the unfolded input's columns [Cin_g*kh*kw] (float64)."""
+        if not self._sums:
+            raise ValueError("no batch was added")
+        totals, positions = None, 0
+        for shape, (summed, images) in self._sums.items():
+            geo = conv_geometry(self.attrs, (1, *shape), self.weight_shape)
+            sums = column_sums(summed[None], geo)
+            totals = sums if totals is None else [t + s for t, s in zip(totals, sums)]
+            positions += images * geo.out_hw[0] * geo.out_hw[1]
+        return [t / positions for t in totals]
