@@ -324,7 +324,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     shift the rounding leaves (fitting/int8_rounding.py); ORT's scales are kept.
     bias_correction: ORT's rounding kept, and the int32 bias of each quantized Conv moved by the
     mean shift that rounding leaves, (W - Wq) E[x] per output channel, E[x] the mean of the Conv's
-    unfolded input over the calibration inputs in the fp32 model (implied by refine_weights).
+    unfolded input over the calibration inputs in the fp32 model (implied by refine_weights). A
+    Conv without a bias (none after BatchNormalization folding) keeps none.
     reduce_range: s8 weights in [-64, 64] (quantize_static's `reduce_range`), so that no pair of
     u8 x s8 products passes an int16; None (default): where ORT's u8 x s8 convolution on this CPU
     saturates (`u8s8_saturates()`, measured once per process).
