@@ -737,8 +737,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         else:
             final_speed = base_stage.speedup
         staged = {n: base_stage.stage for n in sorted(stage_cover) if n not in kept}
-        left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items()
-                    if n not in kept and n not in stage_cover}
+        left_out = base_stage.left_out(set(kept) | set(stage_cover))
         plan_kind = (plan_kind + " + " if kept else "") + base_stage.stage
     else:
         final_speed = speedups.get(key_of(kept)) if kept else 1.0
@@ -754,7 +753,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             plan_before = final_speed
             final, final_m, final_speed = winner.model, winner.measurement, winner.speedup
             staged = {n: winner.stage for n in winner.layers}
-            left_out = {n: (winner.stage, g) for n, g in winner.left_for_speed.items()}
+            left_out = winner.left_out()
             notes.append(f"{winner.stage} on {len(winner.layers)} Conv(s) of the plan times {winner.speedup:.3f}x "
                          f"within the budget (the per-layer plan alone: {plan_before:.3f}x)")
             plan_kind = plan_kind + " + " + winner.stage
@@ -829,8 +828,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             chosen = {n: next(m for m in [chosen[n], *gentler_of[n]] if m.label == mine[n]) for n in kept}
             if stage_layers:
                 staged = {n: base_stage.stage for n in stage_layers}
-                left_out = {n: (base_stage.stage, g) for n, g in base_stage.left_for_speed.items()
-                            if n not in kept and n not in stage_cover}
+                left_out = base_stage.left_out(set(kept) | set(stage_cover))
             else:
                 staged, left_out = {}, {}
             plan_kind = " + ".join(([plan_kind.split(" + ")[0]] if kept else [])

@@ -145,6 +145,11 @@ class StageOutcome:
     seconds: float = 0.0
     note: str = ""
 
+    def left_out(self, exclude=()) -> dict[str, tuple[str, float]]:
+        """layer -> (this stage, the speedup of the model without it in the stage), for the layers the
+        stage left out for speed, less those in `exclude`."""
+        return {n: (self.stage, g) for n, g in self.left_for_speed.items() if n not in exclude}
+
     def as_dict(self) -> dict:
         return {"stage": self.stage, "base": self.base, "layers": len(self.layers),
                 "measurement": None if self.measurement is None else self.measurement.as_dict(),
