@@ -95,7 +95,7 @@ def _int8_parts(model):
 
 
 def test_bias_correction_keeps_ort_integers_and_moves_each_bias_by_its_mean_shift():
-    from onnxcompress.calibration import LayerCapture, conv_geometry, im2col
+    from onnxcompress.calibration import LayerCapture, conv_attrs, conv_geometry, im2col
 
     model, _ = modelgen.two_block_resnet()
     feeds = random_feeds(model, 12, seed=0, batch=3)
@@ -114,7 +114,7 @@ def test_bias_correction_keeps_ort_integers_and_moves_each_bias_by_its_mean_shif
         np.testing.assert_array_equal(w_scale, before[name][1])
         node = convs[name]
         weight, bias = fp32[node.input[1]], fp32[node.input[2]]
-        attrs = {a.name: __import__("onnx").helper.get_attribute_value(a) for a in node.attribute}
+        attrs = conv_attrs(node)
         cols = np.concatenate([im2col(c[node.input[0]], conv_geometry(attrs, c[node.input[0]].shape, weight.shape))[0]
                                for c in captured]).astype(np.float64)
         want = mean_corrected_bias(bias, weight.reshape(len(bias), -1),
