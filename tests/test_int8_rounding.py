@@ -58,9 +58,7 @@ def test_bad_scales_and_shapes_are_errors():
 
 
 def _int_weights(model):
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    return {n.name: inits[producer[n.input[1]].input[0]] for n in model.graph.node if n.name in int8_convs(model)}
+    return {name: parts[0] for name, parts in _int8_parts(model).items()}
 
 
 def test_refined_model_is_closer_to_fp32_with_the_same_scales():
@@ -83,14 +81,17 @@ def test_refined_model_is_closer_to_fp32_with_the_same_scales():
 
 
 def _int8_parts(model):
-    """{Conv name: (s8 weights, weight scales, int32 bias, bias scales)} of the INT8 Convs."""
+    """{Conv name: (s8 weights, weight scales, int32 bias, bias scales)} of the INT8 Convs (the bias
+    parts None for a Conv without a bias)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    parts = {}
+    parts, quantized = {}, set(int8_convs(model))
     for n in model.graph.node:
-        if n.name in int8_convs(model):
-            w, b = producer[n.input[1]], producer[n.input[2]]
-            parts[n.name] = (inits[w.input[0]], inits[w.input[1]], inits[b.input[0]], inits[b.input[1]])
+        if n.name in quantized:
+            w = producer[n.input[1]]
+            b = producer[n.input[2]] if len(n.input) > 2 and n.input[2] else None
+            parts[n.name] = (inits[w.input[0]], inits[w.input[1]],
+                             *((inits[b.input[0]], inits[b.input[1]]) if b is not None else (None, None)))
     return parts
 
 
@@ -134,8 +135,8 @@ def test_the_planners_int8_stage_corrects_biases():
     feeds = random_feeds(model, 8, seed=1, batch=2)
     stage = STAGES["int8"]
     staged = stage.apply(stage.prepare(model), conv_names(model), feeds)
-    want = quantize_convs(model, feeds, bias_correction=True)
+    want = _int8_parts(quantize_convs(model, feeds, bias_correction=True))
     plain = _int8_parts(quantize_convs(model, feeds))
     for name, parts in _int8_parts(staged).items():
-        np.testing.assert_array_equal(parts[2], _int8_parts(want)[name][2])
+        np.testing.assert_array_equal(parts[2], want[name][2])
     assert any(not np.array_equal(parts[2], plain[name][2]) for name, parts in _int8_parts(staged).items())

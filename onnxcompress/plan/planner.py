@@ -737,7 +737,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
         else:
             final_speed = base_stage.speedup
         staged = {n: base_stage.stage for n in sorted(stage_cover) if n not in kept}
-        left_out = base_stage.left_out(set(kept) | set(stage_cover))
+        left_out = base_stage.left_out(stage_cover | set(kept))
         plan_kind = (plan_kind + " + " if kept else "") + base_stage.stage
     else:
         final_speed = speedups.get(key_of(kept)) if kept else 1.0
@@ -828,7 +828,7 @@ def plan_model(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarray]],
             chosen = {n: next(m for m in [chosen[n], *gentler_of[n]] if m.label == mine[n]) for n in kept}
             if stage_layers:
                 staged = {n: base_stage.stage for n in stage_layers}
-                left_out = base_stage.left_out(set(kept) | set(stage_cover))
+                left_out = base_stage.left_out(stage_cover | set(kept))
             else:
                 staged, left_out = {}, {}
             plan_kind = " + ".join(([plan_kind.split(" + ")[0]] if kept else [])
