@@ -25,9 +25,9 @@ INT8: onnxcompress.int8.quantize_convs (QDQ, per-channel s8 weights, u8 activati
 MinMax ranges on the fitting part of the calibration inputs, Relu/Clip folded), so
 that one model can hold INT8 Convs, our ops and fp32 Convs; with bias correction (each
 INT8 Conv's bias moved by the mean shift its weights' rounding leaves): chosen on the
-ResNet-20 Fashion twin and MobileNetV2, where it took 0.13 points of top-1 and a fifth of
+ResNet-20 Fashion twin and MobileNetV2, where it took 0.12 points of top-1 and a fifth of
 the logits' cosine error back from INT8 on every Conv, and reported on the other bundled
-models (docs/results.md, sixteenth session).
+models (bench/bench_int8_bias.py, docs/results.md, sixteenth session).
 """
 
 from __future__ import annotations
