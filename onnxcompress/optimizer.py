@@ -14,7 +14,7 @@ from . import schemas
 from .analysis import analyse_convs, initializer_bytes
 from .errors import OnnxCompressError
 from .methods import resolve_options
-from .passes import EliminateDeadCode, FuseActivation, PassContext, PassManager, canonicalize
+from .passes import EliminateDeadCode, PassContext, PassManager, canonicalize, fusions
 from .passes.name_nodes import name_nodes
 
 
@@ -74,7 +74,7 @@ def check_finite_conv_weights(model: onnx.ModelProto) -> None:
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
     """canonicalise, the method's rewriting passes, fuse activations, clean up."""
     m, opts = resolve_options(method, options)
-    return canonicalize() + m.passes(opts) + [FuseActivation(), EliminateDeadCode()]
+    return canonicalize() + m.passes(opts) + fusions() + [EliminateDeadCode()]
 
 
 def optimize(model: onnx.ModelProto, method: str = "falcon", *, verify: bool = False,

@@ -38,11 +38,17 @@ def param(name: str, doc: str, optional: bool = False) -> OpSchema.FormalParamet
     return OpSchema.FormalParameter(name, "T", doc, param_option=option)
 
 
+RESIDUAL = "Z"
+
+
 def conv_op_schema(name: str, doc: str, inputs: list, attributes: list | None = None,
                    type_constraints: list | None = None, inference=None) -> OpSchema:
     """The schema of an op of ours computing (or approximating) a 2-D Conv: output Y [N, M, OH, OW],
-    Conv's attributes plus `attributes`, float T plus `type_constraints`. inference: an onnx shape
-    inference function (e.g. conv_like_inference(...)), or None for Conv's own."""
+    Conv's attributes plus `attributes`, float T plus `type_constraints`, and after `inputs` the
+    optional residual Z of Y's shape (Y = activation(conv + Z), the kernels' Epilogue; what
+    passes/fuse_residual.py writes). inference: an onnx shape inference function (e.g.
+    conv_like_inference(...)), or None for Conv's own."""
+    inputs = list(inputs) + [param(RESIDUAL, "residual [N, M, OH, OW] added before the activation", optional=True)]
     schema = OpSchema(name, DOMAIN, 1, doc, inputs=inputs, outputs=[param("Y", "output [N, M, OH, OW]")],
                       type_constraints=FLOAT_T + list(type_constraints or []),
                       attributes=conv_attributes() + list(attributes or []))
@@ -125,3 +131,14 @@ def register_schemas() -> None:
         except onnx.defs.SchemaError:
             onnx.defs.register_schema(schema)
         _registered.add(spec.name)
+
+
+def residual_index(op_type: str) -> int | None:
+    """The input index of the residual Z in the schema of our op `op_type`, or None when it takes none."""
+    register_schemas()
+    try:
+        schema = onnx.defs.get_schema(op_type, 1, DOMAIN)
+    except onnx.defs.SchemaError:
+        return None
+    names = [p.name for p in schema.inputs]
+    return names.index(RESIDUAL) if RESIDUAL in names else None

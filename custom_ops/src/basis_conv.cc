@@ -40,10 +40,10 @@ Ort::Status BasisConv::InferOutputShape(Ort::ShapeInferContext& ctx) {
 }
 
 BasisConv::BasisConv(const Ort::ConstKernelInfo& info) {
-  Require(info.GetInputCount() >= 3 && info.GetInputCount() <= 4,
-          "expects 3 or 4 inputs (X, Bases, Coefs[, B]), got ", info.GetInputCount());
+  Require(info.GetInputCount() >= 3 && info.GetInputCount() <= kInputCount,
+          "expects 3 to 5 inputs (X, Bases, Coefs[, B[, Z]]), got ", info.GetInputCount());
   attrs_ = ConvAttributes::FromNode(info);
-  activation_ = Activation::FromNode(info);
+  epilogue_ = Epilogue::FromNode(info, 4);
 
   const ConstantTensor bt = RequireConstant(info, 1, "Bases");
   Require(bt.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "Bases must be float32");
@@ -159,7 +159,7 @@ void BasisConv::RunFallback(Ort::KernelContext& context, const ConvGeometry& g, 
                                                  shape.size());
   Ort::ConstValue b = has_bias_ ? context.GetInput(3) : Ort::ConstValue{nullptr};
   fallback_->Run(context, x, w, b, y);
-  activation_.ApplyInPlace(y.GetTensorMutableData<float>(), g.batch * g.out_channels * g.out_plane());
+  epilogue_.FinishUnfused(context, y);
 }
 
 
@@ -207,8 +207,9 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   const int64_t pad_top = g.pad_top, pad_left = g.pad_left;
   // Two-phase mode when the fused items (group, tile) are too few to share.
   const bool fused = G * tiles >= 8;
-  const bool clamp = activation_.kind != Activation::Kind::kNone;
-  const float lo = activation_.lo, hi = activation_.hi;
+  const Activation in_kernel = epilogue_.InKernel();
+  const bool clamp = in_kernel.kind != Activation::Kind::kNone;
+  const float lo = in_kernel.lo, hi = in_kernel.hi;
   float* maps = nullptr;
   if (!fused) maps = AlignedBuffer(scratch->maps, CheckedMul(CheckedMul(tiles, total_rows, "maps"), tile, "maps"));
   // Per-task buffers, taken here (never inside a pool callback). Fused: the
@@ -316,6 +317,7 @@ void BasisConv::Compute(Ort::KernelContext& context) {
       });
     }
   }
+  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

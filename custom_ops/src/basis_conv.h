@@ -29,9 +29,9 @@ namespace onnxcompress {
 class BasisConv : public KernelBase<BasisConv> {
  public:
   static constexpr const char* kName = "BasisConv";
-  static constexpr size_t kInputCount = 4;  // X, Bases, Coefs, B (optional)
+  static constexpr size_t kInputCount = 5;  // X, Bases, Coefs, B (optional), Z (optional residual)
   static ONNXTensorElementDataType InputType(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static bool InputOptional(size_t i) { return i == 3; }
+  static bool InputOptional(size_t i) { return i >= 3; }
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx);
 
   explicit BasisConv(const Ort::ConstKernelInfo& info);
@@ -51,7 +51,7 @@ class BasisConv : public KernelBase<BasisConv> {
   void RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x, Ort::UnownedValue& y);
 
   ConvAttributes attrs_;
-  Activation activation_;
+  Epilogue epilogue_;  // fused residual Z and activation
   int64_t out_channels_ = 0, in_per_group_ = 0, kh_ = 0, kw_ = 0, d_ = 0;
   bool has_bias_ = false;
   std::vector<float> bias_;           // [M], zeros when absent

@@ -58,10 +58,10 @@ Ort::Status ClusteredSparseConv::InferOutputShape(Ort::ShapeInferContext& ctx) {
 }
 
 ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
-  Require(info.GetInputCount() >= 4 && info.GetInputCount() <= 5,
-          "expects 4 or 5 inputs (X, values, counts, indices[, B]), got ", info.GetInputCount());
+  Require(info.GetInputCount() >= 4 && info.GetInputCount() <= kInputCount,
+          "expects 4 to 6 inputs (X, values, counts, indices[, B[, Z]]), got ", info.GetInputCount());
   attrs_ = ConvAttributes::FromNode(info);
-  activation_ = Activation::FromNode(info);
+  epilogue_ = Epilogue::FromNode(info, 5);
   const std::vector<int64_t> ws = WeightShape(AttrInts(info, "weight_shape", {}));
   out_channels_ = ws[0];
   in_per_group_ = ws[1];
@@ -199,7 +199,7 @@ void ClusteredSparseConv::RunFallback(Ort::KernelContext& context, const ConvGeo
                                                  wshape.size());
   Ort::Value b = Ort::Value::CreateTensor<float>(memory, bias_.data(), bias_.size(), bshape.data(), bshape.size());
   fallback_->Run(context, x, w, b, y);
-  activation_.ApplyInPlace(y.GetTensorMutableData<float>(), g.batch * g.out_channels * g.out_plane());
+  epilogue_.FinishUnfused(context, y);
 }
 
 std::shared_ptr<const ClusteredSparseConv::Offsets> ClusteredSparseConv::OffsetsFor(int64_t Hq, int64_t Wq,
@@ -285,9 +285,10 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
   prog.entry_first = entry_first_.data();
   prog.nblocks = nblocks_;
   prog.bias = bias_.data();
-  prog.clamp = activation_.kind != Activation::Kind::kNone;
-  prog.lo = activation_.lo;
-  prog.hi = activation_.hi;
+  const Activation in_kernel = epilogue_.InKernel();
+  prog.clamp = in_kernel.kind != Activation::Kind::kNone;
+  prog.lo = in_kernel.lo;
+  prog.hi = in_kernel.hi;
 
   auto scratch = scratch_pool_.Acquire();
   scratch->xq.resize(static_cast<size_t>(xq_floats));
@@ -332,6 +333,7 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
     });
   }
   (void)G;
+  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

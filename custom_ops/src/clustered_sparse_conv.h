@@ -20,11 +20,11 @@ namespace onnxcompress {
 class ClusteredSparseConv : public KernelBase<ClusteredSparseConv> {
  public:
   static constexpr const char* kName = "ClusteredSparseConv";
-  static constexpr size_t kInputCount = 5;  // X, values, counts, indices, B (optional)
+  static constexpr size_t kInputCount = 6;  // X, values, counts, indices, B (optional), Z (optional residual)
   static ONNXTensorElementDataType InputType(size_t i) {
     return (i == 2 || i == 3) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
-  static bool InputOptional(size_t i) { return i == 4; }
+  static bool InputOptional(size_t i) { return i >= 4; }
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx);
 
   explicit ClusteredSparseConv(const Ort::ConstKernelInfo& info);
@@ -44,7 +44,7 @@ class ClusteredSparseConv : public KernelBase<ClusteredSparseConv> {
   std::shared_ptr<const Offsets> OffsetsFor(int64_t Hq, int64_t Wq, int64_t sh, int64_t sw, int64_t dh, int64_t dw);
 
   ConvAttributes attrs_;
-  Activation activation_;
+  Epilogue epilogue_;  // fused residual Z and activation
   int64_t out_channels_ = 0, in_per_group_ = 0, kh_ = 0, kw_ = 0;
   const cluspa::Kernels* kernels_ = nullptr;
   // The program (see clustered_sparse_conv_kernels.h), built and checked once.

@@ -50,10 +50,10 @@ Ort::Status LutConv::InferOutputShape(Ort::ShapeInferContext& ctx) {
 }
 
 LutConv::LutConv(const Ort::ConstKernelInfo& info) {
-  Require(info.GetInputCount() >= 2 && info.GetInputCount() <= kInputCount, "expects 2 to 7 inputs, got ",
+  Require(info.GetInputCount() >= 2 && info.GetInputCount() <= kInputCount, "expects 2 to 8 inputs, got ",
           info.GetInputCount());
   attrs_ = ConvAttributes::FromNode(info);
-  activation_ = Activation::FromNode(info);
+  epilogue_ = Epilogue::FromNode(info, 7);
   Require(attrs_.kernel_shape.size() == 2, "attribute kernel_shape [kh, kw] is required");
   kh_ = attrs_.kernel_shape[0];
   kw_ = attrs_.kernel_shape[1];
@@ -256,9 +256,10 @@ void LutConv::Compute(Ort::KernelContext& context) {
   plan.kp = kp_;
   plan.scale = scale_.data();
   plan.bias = bias_.data();
-  plan.clamp = activation_.kind != Activation::Kind::kNone;
-  plan.lo = activation_.lo;
-  plan.hi = activation_.hi;
+  const Activation in_kernel = epilogue_.InKernel();
+  plan.clamp = in_kernel.kind != Activation::Kind::kNone;
+  plan.lo = in_kernel.lo;
+  plan.hi = in_kernel.hi;
 
   scratch->padded.resize(static_cast<size_t>(padded));
   float* xp = scratch->padded.data();
@@ -322,6 +323,7 @@ void LutConv::Compute(Ort::KernelContext& context) {
       });
     }
   }
+  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

@@ -29,7 +29,7 @@ namespace onnxcompress {
 class LutConv : public KernelBase<LutConv> {
  public:
   static constexpr const char* kName = "LutConv";
-  static constexpr size_t kInputCount = 7;
+  static constexpr size_t kInputCount = 8;  // X, T, scale, B, split_dims, thresholds, prototypes, Z (residual)
   static ONNXTensorElementDataType InputType(size_t i) {
     if (i == 1) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // float or uint8 tables
     if (i == 4) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
@@ -48,7 +48,7 @@ class LutConv : public KernelBase<LutConv> {
   };
 
   ConvAttributes attrs_;
-  Activation activation_;
+  Epilogue epilogue_;  // fused residual Z and activation
   int64_t in_channels_ = 0, kh_ = 0, kw_ = 0;
   int64_t G_ = 1, C_ = 0, K_ = 0, S_ = 0, Mg_ = 0, D_ = 0;
   bool tree_ = true;

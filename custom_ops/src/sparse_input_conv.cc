@@ -37,10 +37,10 @@ const falcon::Kernels* SelectFalconKernels() {
 }
 
 SparseInputConv::SparseInputConv(const Ort::ConstKernelInfo& info) {
-  Require(info.GetInputCount() >= 2 && info.GetInputCount() <= 3, "expects 2 or 3 inputs (X, W[, B]), got ",
+  Require(info.GetInputCount() >= 2 && info.GetInputCount() <= kInputCount, "expects 2 to 4 inputs (X, W[, B[, Z]]), got ",
           info.GetInputCount());
   attrs_ = ConvAttributes::FromNode(info);
-  activation_ = Activation::FromNode(info);
+  epilogue_ = Epilogue::FromNode(info, 3);
   threshold_ = AttrFloat(info, "threshold", 0.0f);
   Require(std::isfinite(threshold_) && threshold_ >= 0.0f, "threshold must be finite and >= 0, got ", threshold_);
   dense_below_zero_fraction_ = AttrFloat(info, "dense_below_zero_fraction", 0.3f);
@@ -111,7 +111,7 @@ void SparseInputConv::RunFallback(Ort::KernelContext& context, const ConvGeometr
     x_raw = x_thresholded;
   }
   fallback_->Run(context, x_raw, w, b, y);
-  activation_.ApplyInPlace(y.GetTensorMutableData<float>(), g.batch * g.out_channels * g.out_plane());
+  epilogue_.FinishUnfused(context, y);
 }
 
 void SparseInputConv::Compute(Ort::KernelContext& context) {
@@ -164,9 +164,10 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
   plan.mblocks = mblocks_;
   plan.bias = bias_.data();
   plan.threshold = threshold_;
-  plan.clamp = activation_.kind != Activation::Kind::kNone;
-  plan.lo = activation_.lo;
-  plan.hi = activation_.hi;
+  const Activation in_kernel = epilogue_.InKernel();
+  plan.clamp = in_kernel.kind != Activation::Kind::kNone;
+  plan.lo = in_kernel.lo;
+  plan.hi = in_kernel.hi;
 
   // Every index the kernels form, in_pix[op] + tap_pix[t], is at most
   // (reach_h - 1) * Wp + reach_w - 1 < Hp * Wp.
@@ -261,6 +262,7 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
       });
     }
   }
+  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

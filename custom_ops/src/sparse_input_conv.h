@@ -25,9 +25,9 @@ namespace onnxcompress {
 class SparseInputConv : public KernelBase<SparseInputConv> {
  public:
   static constexpr const char* kName = "SparseInputConv";
-  static constexpr size_t kInputCount = 3;  // X, W, B (optional)
+  static constexpr size_t kInputCount = 4;  // X, W, B (optional), Z (optional residual)
   static ONNXTensorElementDataType InputType(size_t) { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  static bool InputOptional(size_t i) { return i == 2; }
+  static bool InputOptional(size_t i) { return i >= 2; }
   static Ort::Status InferOutputShape(Ort::ShapeInferContext& ctx) { return InferConvOutputShapeFromWeight(ctx, 1); }
 
   explicit SparseInputConv(const Ort::ConstKernelInfo& info);
@@ -46,7 +46,7 @@ class SparseInputConv : public KernelBase<SparseInputConv> {
                    Scratch& scratch);
 
   ConvAttributes attrs_;
-  Activation activation_;
+  Epilogue epilogue_;                  // fused residual Z and activation
   float threshold_ = 0.0f;             // |x| < threshold counts as zero (approximate when > 0)
   float dense_below_zero_fraction_;    // dense path when fewer zeros than this
   int64_t out_channels_ = 0, in_per_group_ = 0, kh_ = 0, kw_ = 0;

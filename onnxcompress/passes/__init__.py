@@ -6,7 +6,13 @@ from .eliminate_dead_code import EliminateDeadCode
 from .falcon import FalconRewrite
 from .fold_batchnorm import FoldBatchNorm
 from .fuse_activation import FuseActivation
+from .fuse_residual import FuseResidual
 from .name_nodes import NameNodes
+
+
+def fusions() -> list[Pass]:
+    """What follows every rewrite: the residual Add, then the activation, taken into our ops."""
+    return [FuseResidual(), FuseActivation()]
 
 
 def canonicalize() -> list[Pass]:
@@ -15,6 +21,6 @@ def canonicalize() -> list[Pass]:
 
 
 __all__ = [
-    "ConstantsToInitializers", "EliminateDeadCode", "FalconRewrite", "FoldBatchNorm", "FuseActivation", "NameNodes",
-    "Pass", "PassContext", "PassManager", "PassResult", "canonicalize",
+    "ConstantsToInitializers", "EliminateDeadCode", "FalconRewrite", "FoldBatchNorm", "FuseActivation", "FuseResidual", "NameNodes",
+    "Pass", "PassContext", "PassManager", "PassResult", "canonicalize", "fusions",
 ]

@@ -20,6 +20,7 @@ log = logging.getLogger("onnxcompress")
 WEIGHTS_ARE_INITIALIZERS = "conv-weights-are-initializers"
 BATCHNORM_FOLDED = "batchnorm-folded"
 ACTIVATIONS_FUSED = "activations-fused"
+RESIDUALS_FUSED = "residuals-fused"
 NO_DEAD_CODE = "no-dead-code"
 CONV_REWRITTEN = "conv-rewritten"
 NODES_NAMED = "nodes-named-uniquely"  # layers are found by node name, across copies of the model

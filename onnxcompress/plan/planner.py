@@ -184,11 +184,11 @@ def _canonical(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _finish(model: onnx.ModelProto, finishing: list) -> onnx.ModelProto:
-    """The plan's finishing passes (e.g. dead-channel removal), activation fusion, dead code."""
-    from ..passes import EliminateDeadCode, FuseActivation, PassContext, PassManager
+    """The plan's finishing passes (e.g. dead-channel removal), residual and activation fusion, dead code."""
+    from ..passes import EliminateDeadCode, PassContext, PassManager, fusions
     from ..passes.base import CONV_REWRITTEN
 
-    passes = list(finishing) + [FuseActivation(), EliminateDeadCode()]
+    passes = list(finishing) + fusions() + [EliminateDeadCode()]
     out, _ = PassManager(passes, provided=_provided() | {CONV_REWRITTEN}).run(model, PassContext())
     return out
 
