@@ -195,12 +195,35 @@ class LayerAgreement:
     note: str = ""
 
 
+def _fused_tail(node, fused_node) -> tuple[str | None, list[str]]:
+    """The tensor of model A that `fused_node` (model B's node of the same name) outputs where it
+    took in the ops after A's `node`: the residual Add (its input Z), then the Relu / Clip (its
+    activation). (None, []) when B's node fused nothing or A's graph does not have those ops."""
+    from .schemas import residual_index
+
+    index = residual_index(fused_node.op) if fused_node.domain else None
+    steps = []
+    if index is not None and len(fused_node.inputs) > index and fused_node.inputs[index].name:
+        steps.append(("Add",))
+    if fused_node.attrs.get("activation"):
+        steps.append(("Relu", "Clip"))
+    tensor, fused = node.outputs[0], []
+    for ops in steps:
+        consumers = list(tensor.outputs)
+        if len(consumers) != 1 or consumers[0].op not in ops:
+            return None, []
+        fused.append(consumers[0].op)
+        tensor = consumers[0].outputs[0]
+    return (tensor.name, fused) if fused else (None, [])
+
+
 def compare_layers(model_a: onnx.ModelProto, model_b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
                    threads: int | None = 1) -> list[LayerAgreement]:
     """Each Conv of `model_a` (and each op of ours) against the same layer of `model_b` on the same
     inputs: the cosine and the largest difference of its output over all feeds. Layers are matched
-    by the output tensor's name; where `model_b` fused the following Relu/Clip into its node (so
-    the tensor is gone), by node name, comparing the activation's output in `model_a`. Both models
+    by the output tensor's name; where `model_b` fused the following residual Add and / or Relu/Clip
+    into its node (so the tensor is gone), by node name, comparing the last fused op's output in
+    `model_a`. Both models
     are canonicalised first (BatchNorm folded), as rewritten models are."""
     from .calibration.capture import LayerCapture
     from .graph import to_graph
@@ -225,10 +248,10 @@ def compare_layers(model_a: onnx.ModelProto, model_b: onnx.ModelProto, feeds: li
             pairs.append((node.name, op_a, op_b, t, t, ""))
             continue
         nb = nodes_b.get(node.name)
-        consumers = list(node.outputs[0].outputs)
-        if nb is not None and nb.attrs.get("activation") and len(consumers) == 1 and consumers[0].op in ("Relu", "Clip"):
-            pairs.append((node.name, op_a, f"{nb.domain}.{nb.op}", consumers[0].outputs[0].name, nb.outputs[0].name,
-                          f"after the {consumers[0].op} that B fused"))
+        tail, fused = _fused_tail(node, nb) if nb is not None else (None, [])
+        if tail is not None:
+            pairs.append((node.name, op_a, f"{nb.domain}.{nb.op}", tail, nb.outputs[0].name,
+                          f"after the {' and '.join(fused)} that B fused"))
         else:
             rows.append(LayerAgreement(node.name, op_a, "-", t, None, None, "no tensor or node of that name in B"))
     if not pairs:
