@@ -238,7 +238,7 @@ MALFORMED = {
     "kernel_shape_mismatch": dict(attrs={"kernel_shape": [5, 5]}),
     "unknown_activation": dict(attrs={"activation": "Gelu"}),
     "clip_min_above_max": dict(attrs={"activation": "Clip", "clip_min": 2.0, "clip_max": 1.0}),
-    "too_many_inputs": dict(inputs=["X", "V", "Cnt", "Idx", "V", "V"]),
+    "too_many_inputs": dict(inputs=["X", "V", "Cnt", "Idx", "V", "V", "V"]),  # one past Z
     "too_few_inputs": dict(inputs=["X", "V", "Cnt"]),
     "weight_shape_as_floats": dict(attrs={"weight_shape": [4.0, 3.0, 3.0, 3.0]}),
 }

@@ -205,7 +205,7 @@ MALFORMED = {
     "clip_min_above_max": dict(attrs={"activation": "Clip", "clip_min": 2.0, "clip_max": 1.0}),
     "unknown_auto_pad": dict(attrs={"auto_pad": "FULL"}),
     "pads_with_auto_pad": dict(attrs={"auto_pad": "SAME_UPPER", "pads": [1, 1, 1, 1]}),
-    "too_many_inputs": dict(inputs=["X", "Bases", "Coefs", "Coefs", "Coefs"]),
+    "too_many_inputs": dict(inputs=["X", "Bases", "Coefs", "Coefs", "Coefs", "Coefs"]),  # one past Z
     "too_few_inputs": dict(inputs=["X", "Bases"]),
 }
 
