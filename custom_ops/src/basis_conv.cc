@@ -135,8 +135,7 @@ BasisConv::BasisConv(const Ort::ConstKernelInfo& info) {
 }
 
 // ORT's Conv on the equivalent dense weights, then the fused activation.
-void BasisConv::RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x,
-                            Ort::UnownedValue& y) {
+void BasisConv::RunFallback(Ort::KernelContext& context, Ort::ConstValue& x, Ort::UnownedValue& y) {
   const int64_t taps = kh_ * kw_, cols = in_per_group_ * d_;
   std::call_once(dense_once_, [&] {
     const int64_t count = CheckedMul(out_channels_, in_per_group_, taps, "dense weights");
@@ -191,7 +190,7 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   // Huge pads, strides or dilations around a small input: the planes (or the
   // thrown-away positions) would dwarf input and output.
   if (padded > 4 * image_in + (int64_t{1} << 22) || Q > 4 * g.out_plane() + 4096) {
-    RunFallback(context, g, x, y);
+    RunFallback(context, x, y);
     return;
   }
 
@@ -207,9 +206,9 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   const int64_t pad_top = g.pad_top, pad_left = g.pad_left;
   // Two-phase mode when the fused items (group, tile) are too few to share.
   const bool fused = G * tiles >= 8;
-  const Activation in_kernel = epilogue_.InKernel();
-  const bool clamp = in_kernel.kind != Activation::Kind::kNone;
-  const float lo = in_kernel.lo, hi = in_kernel.hi;
+  const bool clamp = epilogue_.activation.kind != Activation::Kind::kNone;
+  const float lo = epilogue_.activation.lo, hi = epilogue_.activation.hi;
+  const float* zdata = epilogue_.Residual(context, y);
   float* maps = nullptr;
   if (!fused) maps = AlignedBuffer(scratch->maps, CheckedMul(CheckedMul(tiles, total_rows, "maps"), tile, "maps"));
   // Per-task buffers, taken here (never inside a pool callback). Fused: the
@@ -229,6 +228,7 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   for (int64_t n = 0; n < g.batch; ++n) {
     const float* xn = xdata + n * image_in;
     float* yn = ydata + n * image_out;
+    const float* zn = zdata != nullptr ? zdata + n * image_out : nullptr;
     ParallelFor(context, C, std::min<int64_t>(C, 32), [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const float* src = xn + c * H * W;
@@ -280,8 +280,8 @@ void BasisConv::Compute(Ort::KernelContext& context) {
                     bases_.data(), tap_off.data(), taps, T);
             k.coef(T, starts_.data() + blk.starts, entries_.data(), Mg, stage, bi == b0);
           }
-          k.epilogue(stage, Mg, bias_.data() + gi * Mg, clamp, lo, hi, yn + gi * Mg * g.out_plane(), g.out_plane(),
-                     q0, Q, Wq, g.out_w);
+          k.epilogue(stage, Mg, bias_.data() + gi * Mg, clamp, lo, hi, yn + gi * Mg * g.out_plane(),
+                     zn != nullptr ? zn + gi * Mg * g.out_plane() : nullptr, g.out_plane(), q0, Q, Wq, g.out_w);
         }
       });
     } else {
@@ -312,12 +312,12 @@ void BasisConv::Compute(Ort::KernelContext& context) {
                    o1 - o0, stage, bi == b0);
           }
           k.epilogue(stage, o1 - o0, bias_.data() + gi * Mg + o0, clamp, lo, hi, yn + (gi * Mg + o0) * g.out_plane(),
-                     g.out_plane(), t * tile, Q, Wq, g.out_w);
+                     zn != nullptr ? zn + (gi * Mg + o0) * g.out_plane() : nullptr, g.out_plane(), t * tile, Q,
+                     Wq, g.out_w);
         }
       });
     }
   }
-  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

@@ -48,7 +48,7 @@ class BasisConv : public KernelBase<BasisConv> {
     std::vector<float> planes;    // [C][plane_stride]
     std::vector<float> maps;      // two-phase mode: [tiles][rows][tile]
   };
-  void RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x, Ort::UnownedValue& y);
+  void RunFallback(Ort::KernelContext& context, Ort::ConstValue& x, Ort::UnownedValue& y);
 
   ConvAttributes attrs_;
   Epilogue epilogue_;  // fused residual Z and activation

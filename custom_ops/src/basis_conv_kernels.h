@@ -38,10 +38,11 @@ struct Kernels {
   // stage[o][0..tile) (+)= sum over o's entries of val * T[off ...], o in [0, nout);
   // first: start from zero instead of adding to stage.
   void (*coef)(const float* T, const uint32_t* starts, const Entry* entries, int64_t nout, float* stage, bool first);
-  // y[o*out_plane + oy*OW + ox] = act(stage[o][q - q0] + bias[o]) for the positions q = oy*Wq + ox
-  // in [q0, min(q0 + tile, Q)) with ox < OW; act clamps to [lo, hi] when clamp.
+  // y[o*out_plane + oy*OW + ox] = act(stage[o][q - q0] + bias[o] (+ z[same index])) for the positions
+  // q = oy*Wq + ox in [q0, min(q0 + tile, Q)) with ox < OW; act clamps to [lo, hi] when clamp; z, the
+  // residual laid out as y, or nullptr.
   void (*epilogue)(const float* stage, int64_t nout, const float* bias, bool clamp, float lo, float hi, float* y,
-                   int64_t out_plane, int64_t q0, int64_t Q, int64_t Wq, int64_t OW);
+                   const float* z, int64_t out_plane, int64_t q0, int64_t Q, int64_t Wq, int64_t OW);
 };
 
 // nullptr when the library was built without that instruction set.

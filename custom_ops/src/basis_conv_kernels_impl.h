@@ -143,7 +143,7 @@ inline V Clamp(V v, V lo, V hi) {
 }
 
 void Epilogue(const float* stage, int64_t nout, const float* bias, bool clamp, float lo, float hi, float* y,
-              int64_t out_plane, int64_t q0, int64_t Q, int64_t Wq, int64_t OW) {
+              const float* z, int64_t out_plane, int64_t q0, int64_t Q, int64_t Wq, int64_t OW) {
   const int64_t q1 = q0 + TILE < Q ? q0 + TILE : Q;
   const V vlo = Splat(lo), vhi = Splat(hi);
   for (int64_t o = 0; o < nout; ++o) {
@@ -158,7 +158,16 @@ void Epilogue(const float* stage, int64_t nout, const float* bias, bool clamp, f
       float* dst = yo + oy * OW + (a - oy * Wq);
       const int64_t n = e - a;
       int64_t i = 0;
-      if (clamp) {
+      if (z != nullptr) {  // the residual, then the activation (none: clamp to +-inf)
+        const float* zd = z + (dst - y);
+        const float l = clamp ? lo : -__builtin_inff(), h = clamp ? hi : __builtin_inff();
+        const V vl = Splat(l), vh = Splat(h);
+        for (; i + L <= n; i += L) Store(dst + i, Clamp(Load(src + i) + vb + Load(zd + i), vl, vh));
+        for (; i < n; ++i) {
+          const float v = src[i] + bo + zd[i];
+          dst[i] = v < l ? l : (v > h ? h : v);
+        }
+      } else if (clamp) {
         for (; i + L <= n; i += L) Store(dst + i, Clamp(Load(src + i) + vb, vlo, vhi));
         for (; i < n; ++i) {
           const float v = src[i] + bo;

@@ -176,8 +176,7 @@ ClusteredSparseConv::ClusteredSparseConv(const Ort::ConstKernelInfo& info) {
 
 // ORT's Conv on the equivalent dense weights (built on first use), then the
 // fused activation: for inputs whose phase planes the fast path cannot take.
-void ClusteredSparseConv::RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x,
-                                      Ort::UnownedValue& y) {
+void ClusteredSparseConv::RunFallback(Ort::KernelContext& context, Ort::ConstValue& x, Ort::UnownedValue& y) {
   const int64_t D = in_per_group_ * kh_ * kw_;
   std::call_once(dense_once_, [&] {
     const int64_t count = CheckedMul(out_channels_, D, "dense weights");
@@ -271,7 +270,7 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
                                        "phase planes");
   if (group_floats + P + geo.Wq >= (int64_t{1} << 32) - 1 ||
       xq_floats > 16 * (g.in_channels * g.in_plane()) + (int64_t{1} << 24)) {
-    RunFallback(context, g, x, y);
+    RunFallback(context, x, y);
     return;
   }
   const std::shared_ptr<const Offsets> offs = OffsetsFor(geo.Hq, geo.Wq, g.stride_h, g.stride_w, g.dil_h, g.dil_w);
@@ -285,10 +284,11 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
   prog.entry_first = entry_first_.data();
   prog.nblocks = nblocks_;
   prog.bias = bias_.data();
-  const Activation in_kernel = epilogue_.InKernel();
-  prog.clamp = in_kernel.kind != Activation::Kind::kNone;
-  prog.lo = in_kernel.lo;
-  prog.hi = in_kernel.hi;
+  prog.clamp = epilogue_.activation.kind != Activation::Kind::kNone;
+  prog.lo = epilogue_.activation.lo;
+  prog.hi = epilogue_.activation.hi;
+  prog.residual = epilogue_.Residual(context, y);
+  prog.y_base = y.GetTensorMutableData<float>();
 
   auto scratch = scratch_pool_.Acquire();
   scratch->xq.resize(static_cast<size_t>(xq_floats));
@@ -333,7 +333,6 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
     });
   }
   (void)G;
-  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

@@ -40,7 +40,7 @@ class ClusteredSparseConv : public KernelBase<ClusteredSparseConv> {
     int64_t sh = 0, sw = 0, Hq = -1, Wq = -1;
     std::vector<uint32_t> off;  // [nnz]
   };
-  void RunFallback(Ort::KernelContext& context, const ConvGeometry& g, Ort::ConstValue& x, Ort::UnownedValue& y);
+  void RunFallback(Ort::KernelContext& context, Ort::ConstValue& x, Ort::UnownedValue& y);
   std::shared_ptr<const Offsets> OffsetsFor(int64_t Hq, int64_t Wq, int64_t sh, int64_t sw, int64_t dh, int64_t dw);
 
   ConvAttributes attrs_;

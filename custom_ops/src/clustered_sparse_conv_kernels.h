@@ -53,6 +53,10 @@ struct Program {
   const float* bias = nullptr;          // [M]
   bool clamp = false;                   // fused activation: clamp to [lo, hi]
   float lo = 0.0f, hi = 0.0f;
+  // Residual Z laid out as the whole output y (y_base: its first float); the store of
+  // y_base[i] adds residual[i] before the activation. nullptr: none.
+  const float* residual = nullptr;
+  const float* y_base = nullptr;
 };
 
 struct Kernels {

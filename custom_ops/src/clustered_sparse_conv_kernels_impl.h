@@ -178,10 +178,15 @@ void Channels(const Geometry& g, const Program& prog, const float* xq, int64_t o
     const V b = Splat(prog.bias[o]);
     float* out = y + o * out_plane;
     float* dst = direct ? out + q0 : tmp;
+    // The residual: added here when the block goes straight to y, else in the row copy
+    // below, which then applies the activation.
+    const float* zo = prog.residual != nullptr ? prog.residual + (out - prog.y_base) : nullptr;
+    const bool late = zo != nullptr && !direct;
 #pragma GCC unroll 8
     for (int j = 0; j < NV; ++j) {
       V v = acc[j] + b;
-      if (prog.clamp) {  // NaN passes through, as through ORT's Relu/Clip
+      if (direct && zo != nullptr) v += Load(zo + q0 + j * L);
+      if (prog.clamp && !late) {  // NaN passes through, as through ORT's Relu/Clip
         v = v < Splat(lo) ? Splat(lo) : v;
         v = v > Splat(hi) ? Splat(hi) : v;
       }
@@ -196,7 +201,15 @@ void Channels(const Geometry& g, const Program& prog, const float* xq, int64_t o
         const int64_t n = Min(row_end, oy * g.Wq + g.OW) - q;
         const float* t = tmp + (q - q0);
         float* d = out + oy * g.OW + ox;
-        for (int64_t i = 0; i < n; ++i) d[i] = t[i];
+        if (late) {
+          const float* z = zo + oy * g.OW + ox;
+          for (int64_t i = 0; i < n; ++i) {
+            const float v = t[i] + z[i];
+            d[i] = v < lo ? lo : (v > hi ? hi : v);
+          }
+        } else {
+          for (int64_t i = 0; i < n; ++i) d[i] = t[i];
+        }
       }
       q = row_end;
     }

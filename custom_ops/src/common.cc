@@ -329,38 +329,29 @@ Epilogue Epilogue::FromNode(const Ort::ConstKernelInfo& info, size_t z_index) {
   return e;
 }
 
-void Epilogue::Run(const Ort::KernelContext& context, Ort::UnownedValue& y, bool activation_pending) const {
-  const auto y_info = y.GetTensorTypeAndShapeInfo();
-  const int64_t count = static_cast<int64_t>(y_info.GetElementCount());
-  float* out = y.GetTensorMutableData<float>();
-  if (!has_residual) {
-    if (activation_pending) activation.ApplyInPlace(out, count);
-    return;
-  }
+const float* Epilogue::Residual(const Ort::KernelContext& context, const Ort::UnownedValue& y) const {
+  if (!has_residual) return nullptr;
   Ort::ConstValue z = context.GetInput(z_index);
   Require(z != nullptr && z.IsTensor(), "input Z (the residual) is missing");
   const auto z_info = z.GetTensorTypeAndShapeInfo();
   Require(z_info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "Z must be float32");
-  const std::vector<int64_t> y_shape = y_info.GetShape(), z_shape = z_info.GetShape();
+  const std::vector<int64_t> y_shape = y.GetTensorTypeAndShapeInfo().GetShape(), z_shape = z_info.GetShape();
   if (z_shape != y_shape) {
-    std::ostringstream dims;
-    for (size_t i = 0; i < z_shape.size(); ++i) dims << (i ? ", " : "") << z_shape[i];
-    std::ostringstream want;
+    std::ostringstream got, want;
+    for (size_t i = 0; i < z_shape.size(); ++i) got << (i ? ", " : "") << z_shape[i];
     for (size_t i = 0; i < y_shape.size(); ++i) want << (i ? ", " : "") << y_shape[i];
-    Fail("Z must have the output's shape [", want.str(), "], got [", dims.str(), "]");
+    Fail("Z must have the output's shape [", want.str(), "], got [", got.str(), "]");
   }
-  const float* add = z.GetTensorData<float>();
-  const float lo = activation.lo, hi = activation.hi;
-  // Chunks of whole cache lines, shared in ORT's pool; a pass over Y and Z.
-  const int64_t chunk = 16384;
-  ParallelFor(context, CeilDiv(count, chunk), CeilDiv(count, 65536), [&](int64_t begin, int64_t end) {
-    const int64_t first = begin * chunk, last = std::min(count, end * chunk);
-    if (activation.kind == Activation::Kind::kNone) {
-      for (int64_t i = first; i < last; ++i) out[i] += add[i];
-    } else {
-      for (int64_t i = first; i < last; ++i) out[i] = std::min(std::max(out[i] + add[i], lo), hi);
-    }
-  });
+  return z.GetTensorData<float>();
+}
+
+void Epilogue::FinishUnfused(const Ort::KernelContext& context, Ort::UnownedValue& y) const {
+  const int64_t count = static_cast<int64_t>(y.GetTensorTypeAndShapeInfo().GetElementCount());
+  float* out = y.GetTensorMutableData<float>();
+  if (const float* add = Residual(context, y)) {
+    for (int64_t i = 0; i < count; ++i) out[i] += add[i];
+  }
+  activation.ApplyInPlace(out, count);
 }
 
 void Activation::ApplyInPlace(float* data, int64_t count) const {

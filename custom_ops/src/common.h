@@ -124,21 +124,17 @@ struct Activation {
 // Y = activation(conv(X) + Z), where Z, the residual sum, is the node's optional
 // last input (index `z_index`), a float tensor of Y's shape read at run time. A
 // ResNet block's Conv -> Add -> Relu is one node this way, as ORT's own NCHWc
-// Conv fuses them (its Sum input).
+// Conv fuses them (its Sum input). The kernels add Z as they store each output,
+// before the activation; ORT's Conv fallback paths do both in one pass after.
 struct Epilogue {
   Activation activation;
   size_t z_index = 0;
   bool has_residual = false;
   static Epilogue FromNode(const Ort::ConstKernelInfo& info, size_t z_index);
-  // The activation kernels may apply as they store: none while Z is still to be added.
-  Activation InKernel() const { return has_residual ? Activation{} : activation; }
-  // After kernels that applied InKernel(): adds Z and applies the activation (nothing without Z).
-  void Finish(const Ort::KernelContext& context, Ort::UnownedValue& y) const { Run(context, y, false); }
-  // After a path that applied nothing (ORT's Conv fallback): Z and the activation.
-  void FinishUnfused(const Ort::KernelContext& context, Ort::UnownedValue& y) const { Run(context, y, true); }
-
- private:
-  void Run(const Ort::KernelContext& context, Ort::UnownedValue& y, bool activation_pending) const;
+  // Z's data, checked (float32, Y's shape; no broadcasting); nullptr when the node has no Z.
+  const float* Residual(const Ort::KernelContext& context, const Ort::UnownedValue& y) const;
+  // After a path that applied neither (ORT's Conv fallback): adds Z, applies the activation.
+  void FinishUnfused(const Ort::KernelContext& context, Ort::UnownedValue& y) const;
 };
 
 // Instruction sets the inner kernels are compiled for, one translation unit

@@ -206,8 +206,8 @@ void BuildLists(const Plan& p, const float* x, float* vals, uint32_t* idx, uint3
   }
 }
 
-// Bias, activation and the [pixel][channel] -> NCHW transpose of a tile whose
-// rows are `tw` floats apart.
+// Bias, residual, activation and the [pixel][channel] -> NCHW transpose of a tile
+// whose rows are `tw` floats apart.
 void WriteTile(const Plan& p, const float* tile, int64_t tw, int64_t npix, float* y, int64_t g, int64_t m0,
                int64_t nvalid, int64_t op0) {
   const float lo = p.clamp ? p.lo : -__builtin_inff(), hi = p.clamp ? p.hi : __builtin_inff();
@@ -215,6 +215,7 @@ void WriteTile(const Plan& p, const float* tile, int64_t tw, int64_t npix, float
     const int64_t mo = g * p.Mg + m0 + m;
     const float b = p.bias[mo];
     float* out = y + mo * p.out_plane + op0;
+    const float* z = p.residual != nullptr ? p.residual + (out - p.y_base) : nullptr;
     const float* t = tile + m;
     int64_t q = 0;
 #if defined(__AVX512F__)
@@ -227,6 +228,7 @@ void WriteTile(const Plan& p, const float* tile, int64_t tw, int64_t npix, float
         const int64_t rem = npix - q;
         const __mmask16 live = rem >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rem) - 1);
         V v = (V)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, rows, t + q * tw, 4) + b;
+        if (z != nullptr) v += (V)_mm512_maskz_loadu_ps(live, z + q);
         if (p.clamp) {
           v = v < vlo ? vlo : v;
           v = v > vhi ? vhi : v;
@@ -242,6 +244,7 @@ void WriteTile(const Plan& p, const float* tile, int64_t tw, int64_t npix, float
       const V vlo = Splat(lo), vhi = Splat(hi);
       for (; q + 8 <= npix; q += 8) {
         V v = (V)_mm256_i32gather_ps(t + q * tw, rows, 4) + b;
+        if (z != nullptr) v += Load(z + q);
         if (p.clamp) {
           v = v < vlo ? vlo : v;
           v = v > vhi ? vhi : v;
@@ -253,6 +256,7 @@ void WriteTile(const Plan& p, const float* tile, int64_t tw, int64_t npix, float
     // NaN passes through the clamp, as through ORT's Relu/Clip.
     for (; q < npix; ++q) {
       float v = t[q * tw] + b;
+      if (z != nullptr) v += z[q];
       if (p.clamp) {
         v = v < lo ? lo : v;
         v = v > hi ? hi : v;

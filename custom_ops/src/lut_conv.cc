@@ -256,10 +256,11 @@ void LutConv::Compute(Ort::KernelContext& context) {
   plan.kp = kp_;
   plan.scale = scale_.data();
   plan.bias = bias_.data();
-  const Activation in_kernel = epilogue_.InKernel();
-  plan.clamp = in_kernel.kind != Activation::Kind::kNone;
-  plan.lo = in_kernel.lo;
-  plan.hi = in_kernel.hi;
+  plan.clamp = epilogue_.activation.kind != Activation::Kind::kNone;
+  plan.lo = epilogue_.activation.lo;
+  plan.hi = epilogue_.activation.hi;
+  plan.residual = epilogue_.Residual(context, y);
+  plan.y_base = y.GetTensorMutableData<float>();
 
   scratch->padded.resize(static_cast<size_t>(padded));
   float* xp = scratch->padded.data();
@@ -323,7 +324,6 @@ void LutConv::Compute(Ort::KernelContext& context) {
       });
     }
   }
-  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress

@@ -47,6 +47,10 @@ struct Plan {
   const float* bias = nullptr;
   bool clamp = false;
   float lo = 0.0f, hi = 0.0f;
+  // Residual Z laid out as the whole output y (y_base: its first float); the store of
+  // y_base[i] adds residual[i] before the activation. nullptr: none.
+  const float* residual = nullptr;
+  const float* y_base = nullptr;
 };
 
 struct Kernels {

@@ -188,7 +188,7 @@ void EncodeExhaustive(const Plan& p, int64_t g, int64_t op0, uint8_t* codes, int
 
 // ------------------------------------------------------------------- output
 
-// y[o][op0 + r] = act(scale[o] * acc[j][r] + bias[o]) for outputs o0 + j, j < no.
+// y[o][op0 + r] = act(scale[o] * acc[j][r] + bias[o] (+ the residual)) for outputs o0 + j, j < no.
 void Store(const Plan& p, float* y, int64_t g, int64_t o0, int64_t no, int64_t op0, const float* acc, bool scaled) {
   const int64_t rows = Min(R, p.plane - op0);
   for (int64_t j = 0; j < no; ++j) {
@@ -196,7 +196,11 @@ void Store(const Plan& p, float* y, int64_t g, int64_t o0, int64_t no, int64_t o
     const float sc = scaled ? p.scale[o] : 1.0f, b = p.bias[o];
     const float* a = acc + j * R;
     float* dst = y + o * p.y_stride + op0;
-    if (p.clamp) {
+    if (p.residual != nullptr) {  // the residual, then the activation (none: clamp to +-inf)
+      const float* z = p.residual + (dst - p.y_base);
+      const float lo = p.clamp ? p.lo : -__builtin_inff(), hi = p.clamp ? p.hi : __builtin_inff();
+      for (int64_t r = 0; r < rows; ++r) dst[r] = MinF(MaxF(sc * a[r] + b + z[r], lo), hi);
+    } else if (p.clamp) {
       const float lo = p.lo, hi = p.hi;
       for (int64_t r = 0; r < rows; ++r) dst[r] = MinF(MaxF(sc * a[r] + b, lo), hi);
     } else {

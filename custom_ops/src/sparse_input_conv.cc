@@ -164,10 +164,11 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
   plan.mblocks = mblocks_;
   plan.bias = bias_.data();
   plan.threshold = threshold_;
-  const Activation in_kernel = epilogue_.InKernel();
-  plan.clamp = in_kernel.kind != Activation::Kind::kNone;
-  plan.lo = in_kernel.lo;
-  plan.hi = in_kernel.hi;
+  plan.clamp = epilogue_.activation.kind != Activation::Kind::kNone;
+  plan.lo = epilogue_.activation.lo;
+  plan.hi = epilogue_.activation.hi;
+  plan.residual = epilogue_.Residual(context, y);
+  plan.y_base = y.GetTensorMutableData<float>();
 
   // Every index the kernels form, in_pix[op] + tap_pix[t], is at most
   // (reach_h - 1) * Wp + reach_w - 1 < Hp * Wp.
@@ -262,7 +263,6 @@ void SparseInputConv::Compute(Ort::KernelContext& context) {
       });
     }
   }
-  epilogue_.Finish(context, y);
 }
 
 }  // namespace onnxcompress
