@@ -244,19 +244,20 @@ class _Reader:
         return Reader(feeds)
 
 
-def _probe_model(channels: int, maps: int, kernel: int, side: int, y_scale: float) -> onnx.ModelProto:
+def _probe_model(channels: int, maps: int, kernel: int, side: int, y_scale: float, group: int = 1) -> onnx.ModelProto:
     """One QLinearConv: u8 input (scale 1, zero point 0), s8 weights all 127 (scale 1), u8 output
-    (scale `y_scale`), no padding."""
+    (scale `y_scale`), no padding, `group` groups."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.array(1.0, np.float32), "xs"),
              numpy_helper.from_array(np.array(0, np.uint8), "xz"),
-             numpy_helper.from_array(np.full((maps, channels, kernel, kernel), 127, np.int8), "w"),
+             numpy_helper.from_array(np.full((maps, channels // group, kernel, kernel), 127, np.int8), "w"),
              numpy_helper.from_array(np.ones(maps, np.float32), "ws"),
              numpy_helper.from_array(np.zeros(maps, np.int8), "wz"),
              numpy_helper.from_array(np.array(y_scale, np.float32), "ys"),
              numpy_helper.from_array(np.array(0, np.uint8), "yz")]
-    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="probe")
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], name="probe",
+                            group=group)
     graph = helper.make_graph([node], "u8s8_probe",
                               [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, channels, side, side])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], inits)
@@ -272,12 +273,26 @@ def u8s8_saturates() -> bool:
     fits the output, is run in a plain ORT session (its default optimisations, which re-lay it out
     as the models' Convs are) at a stem's shape and at a 16-channel one; True where either result
     is not the exact one."""
+    return _probe_saturates(((1, 16, 3, 5, 1), (16, 16, 3, 5, 1)))
+
+
+@functools.lru_cache(maxsize=1)
+def depthwise_u8s8_saturates() -> bool:
+    """u8s8_saturates() for a depthwise QLinearConv (one input channel per group, channel
+    multiplier 1), which ORT runs with a kernel of its own: on an AVX2 CPU without VNNI that one
+    widens to int32 before adding, so its weights can keep 8 bits where the others need 7."""
+    return _probe_saturates(((16, 16, 3, 5, 16), (32, 32, 3, 9, 32)))
+
+
+def _probe_saturates(shapes) -> bool:
+    """Whether any probe QLinearConv (channels, maps, kernel, side, group) of `shapes` gives other
+    than the exact result."""
     import onnxruntime as ort
 
-    for channels, maps, kernel, side in ((1, 16, 3, 5), (16, 16, 3, 5)):
-        exact = channels * kernel * kernel * 255 * 127
+    for channels, maps, kernel, side, group in shapes:
+        exact = channels // group * kernel * kernel * 255 * 127
         y_scale = exact / 200.0  # the exact result quantizes to 200
-        probe = _probe_model(channels, maps, kernel, side, y_scale)
+        probe = _probe_model(channels, maps, kernel, side, y_scale, group)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         try:
@@ -328,7 +343,9 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     Conv without a bias (none after BatchNormalization folding) keeps none.
     reduce_range: s8 weights in [-64, 64] (quantize_static's `reduce_range`), so that no pair of
     u8 x s8 products passes an int16; None (default): where ORT's u8 x s8 convolution on this CPU
-    saturates (`u8s8_saturates()`, measured once per process).
+    saturates (`u8s8_saturates()`, measured once per process), and then not for depthwise Convs
+    (channel multiplier 1) where ORT's depthwise kernel does not (`depthwise_u8s8_saturates()`):
+    those get 8-bit weights (quantized again from the fp32 weights, bias on the new scale).
 
     Returns the quantized model; `int8_convs(result)` lists the Convs that run in INT8.
     """
@@ -349,7 +366,8 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     if len({n.name for n in model.graph.node}) != len(model.graph.node):
         raise OnnxCompressError("quantize: node names must be unique (ORT's quantizer selects nodes by name)")
     extra = dict(extra_options or {})
-    if reduce_range is None:
+    auto_range = reduce_range is None
+    if auto_range:
         reduce_range = u8s8_saturates()
     model = at_least_opset_13(model)
     with tempfile.TemporaryDirectory(prefix="onnxcompress-int8-") as tmp:
@@ -405,9 +423,14 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
         except (ValueError, RuntimeError, KeyError) as exc:
             raise OnnxCompressError(f"quantize: ONNX Runtime's quantizer failed: {exc}") from None
         result = onnx.load(str(out))
+        # 7-bit weights only where ORT's kernel saturates: its depthwise one may not
+        wide = (_depthwise_convs(pre, chosen) if auto_range and reduce_range and not depthwise_u8s8_saturates()
+                else set())
+        if wide:
+            result = _widen_weights(result, pre, wide)
         if refine_weights or bias_correction:
             result = _refine_weights(result, pre, calib_feeds, chosen, rounding=refine_weights,
-                                     qmax=QMAX_REDUCED if reduce_range else QMAX, means=means)
+                                     qmax=QMAX_REDUCED if reduce_range else QMAX, means=means, wide=wide)
     result = prepare_for_runtime(result)
     if fuse_basis:
         from .passes.fuse_quantized_basis import fuse_quantized_basis
@@ -416,15 +439,101 @@ def quantize_convs(model: onnx.ModelProto, calib_feeds: list[dict[str, np.ndarra
     return result
 
 
+class _QdqGraph:
+    """Where a QDQ model keeps each Conv's quantized weight and bias: initializers by name, the
+    producer of each tensor, how many nodes read each tensor."""
+
+    def __init__(self, q: onnx.ModelProto):
+        self.inits = {t.name: t for t in q.graph.initializer}
+        self.producer = {o: n for n in q.graph.node for o in n.output}
+        self.uses: dict[str, int] = {}
+        for n in q.graph.node:
+            for t in n.input:
+                self.uses[t] = self.uses.get(t, 0) + 1
+
+    def dq_parts(self, tensor: str):
+        """(values, scale, zero point or None) initializer names of the DequantizeLinear making
+        `tensor`, or None."""
+        dq = self.producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in self.inits for i in dq.input[:2]):
+            return None
+        return dq.input[0], dq.input[1], dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
+
+
+def _depthwise_convs(pre: onnx.ModelProto, names: list[str]) -> set[str]:
+    """The Convs of `names` with one input channel per group and channel multiplier 1 (W [C, 1, kH, kW],
+    group C), which ORT runs with its depthwise u8 kernel."""
+    shapes = {t.name: tuple(t.dims) for t in pre.graph.initializer}
+    picked, out = set(names), set()
+    for n in pre.graph.node:
+        if n.op_type != "Conv" or n.name not in picked or len(n.input) < 2:
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        w = shapes.get(n.input[1])
+        if w is not None and len(w) == 4 and w[1] == 1 and group == w[0] > 1:
+            out.add(n.name)
+    return out
+
+
+def _widen_weights(q: onnx.ModelProto, pre: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """`q` with the weights of the Convs `names`, quantized by quantize_static in 7 bits
+    (`reduce_range`), rounded again in 8 ([-127, 127], per output channel, scale max |w| / 127 as
+    ORT's symmetric quantizer sets it) from `pre`'s fp32 weights, and their int32 bias put on the new
+    scale. A weight shared by two nodes, or not in the per-channel symmetric layout, is left."""
+    from onnx import numpy_helper
+
+    from .fitting.int8_rounding import round_to_nearest
+
+    g = _QdqGraph(q)
+    pre_nodes = {n.name: n for n in pre.graph.node}
+    pre_inits = {t.name: t for t in pre.graph.initializer}
+    for node in q.graph.node:
+        src = pre_nodes.get(node.name)
+        if node.name not in names or node.op_type != "Conv" or src is None or src.input[1] not in pre_inits:
+            continue
+        w_parts = g.dq_parts(node.input[1])
+        if w_parts is None or g.uses.get(w_parts[0], 0) != 1:
+            continue
+        weight = numpy_helper.to_array(pre_inits[src.input[1]]).astype(np.float64)
+        old_scale = numpy_helper.to_array(g.inits[w_parts[1]]).astype(np.float64).reshape(-1)
+        zero = numpy_helper.to_array(g.inits[w_parts[2]]) if w_parts[2] else np.zeros(1)
+        m = weight.shape[0]
+        if weight.ndim != 4 or old_scale.size != m or np.any(zero != 0):
+            continue
+        peak = np.abs(weight.reshape(m, -1)).max(axis=1)
+        scale = np.where(peak > 0, peak / QMAX, old_scale)
+        ints = round_to_nearest(weight.reshape(m, -1), scale, QMAX).reshape(weight.shape)
+        g.inits[w_parts[0]].CopyFrom(numpy_helper.from_array(ints, w_parts[0]))
+        scale_t = numpy_helper.to_array(g.inits[w_parts[1]])
+        g.inits[w_parts[1]].CopyFrom(numpy_helper.from_array(scale.astype(scale_t.dtype).reshape(scale_t.shape),
+                                                             w_parts[1]))
+        b_parts = g.dq_parts(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if b_parts is None:
+            continue
+        b_scale_t = numpy_helper.to_array(g.inits[b_parts[1]])
+        b_scale = b_scale_t.astype(np.float64).reshape(-1)
+        if b_scale.size != m or g.uses.get(b_parts[0], 0) != 1:
+            continue
+        bias = (numpy_helper.to_array(pre_inits[src.input[2]]).astype(np.float64) if len(src.input) > 2
+                and src.input[2] in pre_inits else numpy_helper.to_array(g.inits[b_parts[0]]) * b_scale)
+        new_b_scale = b_scale * scale / old_scale
+        b_int = np.clip(np.rint(bias / new_b_scale), -2 ** 31, 2 ** 31 - 1).astype(np.int32)
+        g.inits[b_parts[0]].CopyFrom(numpy_helper.from_array(b_int, b_parts[0]))
+        g.inits[b_parts[1]].CopyFrom(numpy_helper.from_array(new_b_scale.astype(b_scale_t.dtype).reshape(
+            b_scale_t.shape), b_parts[1]))
+    return q
+
+
 def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: list[str],
                     row_budget: int = 2048, seed: int = 0, rounding: bool = True,
-                    bias_shift: bool = True, qmax: int = QMAX, means: dict | None = None) -> onnx.ModelProto:
+                    bias_shift: bool = True, qmax: int = QMAX, means: dict | None = None,
+                    wide: frozenset | set = frozenset()) -> onnx.ModelProto:
     """`q` (quantize_static's QDQ model of `pre`) with the s8 weights and int32 biases of the
     chosen INT8 Convs refitted to the layer's output on `feeds` (inputs from the fp32 model `pre`).
     `rounding` / `bias_shift` switch off either part (the ablation in docs/results.md): without
     `rounding` ORT's integers stay and only the bias moves, by the exact mean of each Conv's
     unfolded input (`means`: a cache of those, by Conv name, for `pre` and `feeds`); `qmax` bounds
-    the integers."""
+    the integers, QMAX for the Convs in `wide` (8-bit weights where the rest have 7)."""
     from onnx import numpy_helper
 
     from .calibration.capture import LayerCapture
@@ -432,21 +541,10 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
     from .calibration.moments import ConvMoments, UnfoldedMean
     from .fitting.int8_rounding import mean_corrected_bias, round_to_output
 
-    inits = {t.name: t for t in q.graph.initializer}
-    producer = {o: n for n in q.graph.node for o in n.output}
+    qdq = _QdqGraph(q)
+    inits, dq_parts, uses = qdq.inits, qdq.dq_parts, qdq.uses
     pre_nodes = {n.name: n for n in pre.graph.node}
     pre_inits = {t.name: t for t in pre.graph.initializer}
-
-    def dq_parts(tensor):  # (values, scale, zero point) initializer names of a DequantizeLinear on axis 0
-        dq = producer.get(tensor)
-        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input[:2]):
-            return None
-        return dq.input[0], dq.input[1], dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
-
-    uses: dict[str, int] = {}
-    for n in q.graph.node:
-        for t in n.input:
-            uses[t] = uses.get(t, 0) + 1
     picked = set(chosen)
     sites = []
     for node in q.graph.node:
@@ -498,7 +596,7 @@ def _refine_weights(q: onnx.ModelProto, pre: onnx.ModelProto, feeds, chosen: lis
         for g, (H, mean_x) in enumerate(groups):
             rows = slice(g * per, (g + 1) * per)
             if rounding:
-                ints[rows] = round_to_output(flat[rows], scale[rows], H, qmax=qmax)
+                ints[rows] = round_to_output(flat[rows], scale[rows], H, qmax=QMAX if node.name in wide else qmax)
             new_bias[rows] = mean_corrected_bias(None if bias is None else bias[rows], flat[rows],
                                                  ints[rows].astype(np.float64) * scale[rows, None], mean_x)
         if rounding:
