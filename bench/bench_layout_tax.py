@@ -125,6 +125,7 @@ class OptimizedGraph:
                 self.consumers[i].append(n)
         self.graph_inputs = {i.name for i in model.graph.input}
         self.graph_outputs = {o.name for o in model.graph.output}
+        self.aliases: dict[str, list[str]] = {}  # Conv name -> its tensors in the model ORT was given
 
     @staticmethod
     def kind(node) -> str:
@@ -169,12 +170,32 @@ class OptimizedGraph:
     def counterpart(self, node):
         """The node of this (original) graph that computes what `node` of a rewritten graph replaced:
         same name (a Conv ORT left alone or fused in NCHW), or the NCHWc Conv ORT named after
-        the output tensor, or the producer of the same output tensor."""
+        the output tensor, or the producer of the same output tensor. A node of ours that took in
+        the residual Add and the Relu has the Relu's output: the original Conv of its name is found
+        through `aliases` (its output and the Relu's, which ORT names its NCHWc Conv after)."""
         out = node.output[0]
-        for candidate in (self.by_name.get(node.name), self.by_name.get(f"{out}_nchwc"), self.producer.get(out)):
+        names = [f"{t}_nchwc" for t in [out] + self.aliases.get(node.name, [])]
+        for candidate in [self.by_name.get(node.name)] + [self.by_name.get(n) for n in names] + [self.producer.get(out)]:
             if candidate is not None and candidate.op_type in ("Conv", "FusedConv"):
                 return candidate
         return None
+
+
+def conv_tensors(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Conv name -> its output tensor, and the output of the Relu / Clip that alone reads it."""
+    readers = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    out = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and n.output:
+            t = [n.output[0]]
+            after = readers.get(n.output[0], [])
+            if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
+                t.append(after[0].output[0])
+            out[n.name] = t
+    return out
 
 
 def dump_graph(model_bytes: bytes, level: str, workdir: Path, tag: str) -> OptimizedGraph:
@@ -423,6 +444,7 @@ def run(args) -> None:
         workdir = Path(tmp)
         graphs = {(tag, level): dump_graph(data, level, workdir, tag) for tag, data in models.items()
                   for level in LEVELS}
+        graphs[("original", "ALL")].aliases = conv_tensors(onnx.ModelProto.FromString(models["original"]))
         ours = placement_tables(graphs)
         results["graphs"] = {f"{t}/{lvl}": dict(g.counts()) for (t, lvl), g in graphs.items()}
         for threads in args.threads:
