@@ -99,10 +99,13 @@ def _int8_layers(model):
 
 
 def _int8_conditions():
-    from ..int8 import u8s8_saturates
+    from ..int8 import depthwise_u8s8_saturates, u8s8_saturates
 
+    if not u8s8_saturates():
+        return ""
     return ("weights in 7 bits (reduce_range): ORT's u8 x s8 convolution on this CPU saturates int16 pair sums "
-            "(measured)" if u8s8_saturates() else "")
+            "(measured)" + ("" if depthwise_u8s8_saturates() else
+                            "; depthwise Convs keep 8 bits: ORT's depthwise u8 kernel does not saturate (measured)"))
 
 
 def _int8_prepare(model):

@@ -646,9 +646,37 @@ def make_case(seed: int, index: int, op: str) -> Spec:
         except (TypeError, IndexError, KeyError, AttributeError, ValueError):
             # an earlier mutation removed what this one changes (say, the input it edits)
             spec.log.append(f"{fn.__name__} not applicable")
+    if index % 20:  # the valid cases stay without Z
+        _maybe_residual(spec, np.random.default_rng([seed, index, OPS.index(op), 7]))
     if not spec.log:
         spec.log.append("valid")
     return spec
+
+
+FLOAT_OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv")
+Z_INDEX = {"SparseInputConv": 3, "BasisConv": 4, "ClusteredSparseConv": 5, "LutConv": 7}  # schemas.residual_index
+
+
+def _maybe_residual(spec: Spec, rng) -> None:
+    """With probability 0.4, a float op's residual Z as a graph input: of Y's shape as the node
+    (mutated or not) declares it, or one dimension off, or of another element type or rank. Its own
+    generator, so that the cases without Z are those of before."""
+    if spec.op not in FLOAT_OPS or rng.random() >= 0.4:
+        return
+    shape = expected_output_shape(spec)
+    if shape is None or int(np.prod(shape, dtype=object)) > MAX_X_ELEMENTS:
+        return
+    how = rng.choice(["same", "same", "same", "dim", "dtype", "rank"])
+    if how == "dim":
+        axis = int(rng.integers(0, 4))
+        shape[axis] = max(shape[axis] + int(rng.choice([-1, 1])), 0)
+    elif how == "rank":
+        shape = shape[:3]
+    z = rng.standard_normal(shape).astype(np.float64 if how == "dtype" else np.float32)
+    while len(spec.inputs) < Z_INDEX[spec.op]:
+        spec.inputs.append([f"pad{len(spec.inputs)}", None, "absent"])
+    spec.inputs.insert(Z_INDEX[spec.op], ["Z", z, "input"])
+    spec.log.append(f"residual Z ({how})")
 
 
 # ------------------------------------------------------------------ building
@@ -727,6 +755,14 @@ def build(spec: Spec, seed: int = 0) -> tuple[bytes, dict[str, np.ndarray]]:
 def expected_output_bytes(spec: Spec) -> int | None:
     """Bytes of the Y that ONNX Conv's formula gives for the node as (mis)declared, or None when the
     node says too little to tell. A node that legitimately asks for a huge Y is not a memory defect."""
+    shape = expected_output_shape(spec)
+    if shape is None:
+        return None
+    return int(np.prod(shape, dtype=object)) * (1 if spec.op in U8_OPS else 4)
+
+
+def expected_output_shape(spec: Spec) -> list[int] | None:
+    """[N, M, OH, OW] of the Y that ONNX Conv's formula gives for the node as (mis)declared, or None."""
     try:
         a = spec.attrs
 
@@ -760,6 +796,6 @@ def expected_output_bytes(spec: Spec) -> int | None:
                 size[axis] = max((extent_in + p - ((int(k) - 1) * int(dil[axis]) + 1)) // s + 1, 0)
         if min(int(n), int(m)) < 0:
             return None
-        return int(n) * int(m) * size[0] * size[1] * (1 if spec.op in U8_OPS else 4)
+        return [int(n), int(m), size[0], size[1]]
     except Exception:  # noqa: BLE001 - mutated beyond telling
         return None
