@@ -96,6 +96,17 @@ def test_a_z_of_another_shape_is_a_clear_error(z_shape):
         session(ours).run(None, {"X": x, "Z": np.zeros(z_shape, np.float32)})
 
 
+def test_a_z_of_another_shape_is_an_error_when_the_output_is_empty_too():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
+    ours, _ = _pair(CASES["3x3"], w, None, [None] * 4, "Relu")
+    x = np.zeros((0, 12, 9, 10), np.float32)
+    with pytest.raises(Exception, match=r"Z must have the output's shape \[0, 20, 9, 10\]"):
+        session(ours).run(None, {"X": x, "Z": np.zeros((1, 20, 9, 10), np.float32)})
+    got = session(ours).run(None, {"X": x, "Z": np.zeros((0, 20, 9, 10), np.float32)})[0]
+    assert got.shape == (0, 20, 9, 10)
+
+
 # ------------------------------------------------------------------ the pass, on every technique
 
 OPS = {"falcon": "SparseInputConv", "penni": "BasisConv", "cluspa": "ClusteredSparseConv", "tabconv": "LutConv"}

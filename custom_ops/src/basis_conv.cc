@@ -169,7 +169,10 @@ void BasisConv::Compute(Ort::KernelContext& context) {
   Require(x_info.GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "X must be float32");
   const ConvGeometry g = ResolveConvGeometry(attrs_, x_info.GetShape(), out_channels_, in_per_group_, kh_, kw_);
   Ort::UnownedValue y = context.GetOutput(0, g.OutputShape());
-  if (g.batch == 0 || g.out_plane() == 0 || g.out_channels == 0) return;
+  if (g.batch == 0 || g.out_plane() == 0 || g.out_channels == 0) {
+    epilogue_.Residual(context, y);  // a Z of another shape is an error even here
+    return;
+  }
 
   // Stride-phase planes (conv_geometry.h).
   const int64_t sh = g.stride_h, sw = g.stride_w;

@@ -236,7 +236,10 @@ void ClusteredSparseConv::Compute(Ort::KernelContext& context) {
   const ConvGeometry g = ResolveConvGeometry(attrs_, x_info.GetShape(), out_channels_, in_per_group_, kh_, kw_);
   Ort::UnownedValue y = context.GetOutput(0, g.OutputShape());
   const int64_t out_plane = g.out_plane();
-  if (g.batch == 0 || out_plane == 0 || g.out_channels == 0) return;
+  if (g.batch == 0 || out_plane == 0 || g.out_channels == 0) {
+    epilogue_.Residual(context, y);  // a Z of another shape is an error even here
+    return;
+  }
 
   const cluspa::Kernels& k = *kernels_;
   const int64_t P = k.block;

@@ -187,7 +187,10 @@ void LutConv::Compute(Ort::KernelContext& context) {
   Require(x_dims.size() == 4 && x_dims[1] == in_channels_, "X must be [N, ", in_channels_, ", H, W]");
   const ConvGeometry g = ResolveConvGeometry(attrs_, x_dims, G_ * Mg_, in_channels_ / G_, kh_, kw_);
   Ort::UnownedValue y = context.GetOutput(0, g.OutputShape());
-  if (g.batch == 0 || g.out_plane() == 0) return;
+  if (g.batch == 0 || g.out_plane() == 0) {
+    epilogue_.Residual(context, y);  // a Z of another shape is an error even here
+    return;
+  }
 
   // The padded input (zero border), indexed with int32 by the kernels. Bands
   // of output rows: one band (the whole image) unless the padded copy would
