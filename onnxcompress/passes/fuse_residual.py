@@ -34,8 +34,18 @@ from .base import CONV_REWRITTEN, RESIDUALS_FUSED, Pass, PassContext, PassResult
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     """Tensor name -> dims (int or symbolic name, None when unknown) from ONNX shape inference."""
     register_schemas()
+    # shapes need an initializer's dims, not its data (small ones, e.g. a Reshape's shape, are kept whole)
+    g = model.graph
+    declared = {i.name for i in g.input}
+    small = [t for t in g.initializer if t.ByteSize() <= 4096]
+    stubs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+             if t.ByteSize() > 4096 and t.name not in declared]
+    light = onnx.helper.make_model(onnx.helper.make_graph(g.node, g.name, list(g.input) + stubs, g.output, small,
+                                                          value_info=g.value_info),
+                                   opset_imports=model.opset_import, ir_version=model.ir_version,
+                                   functions=model.functions)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(light)
     except Exception:  # noqa: BLE001 - a model onnx cannot infer: fuse nothing
         return {}
     out = {}
