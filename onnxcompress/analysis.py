@@ -38,14 +38,33 @@ def _dims(value_info) -> list | None:
     t = value_info.type.tensor_type
     if not t.HasField("shape"):
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or UNKNOWN_DIM) for d in t.shape.dim]
+
+
+UNKNOWN_DIM = "?"
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` for shape inference: initializers over 4 KiB (weights) become typed graph inputs of
+    their dims, so that the weights are not copied; small ones (a Reshape's shape, ...) stay whole
+    for data propagation."""
+    g = model.graph
+    declared = {i.name for i in g.input}
+    small = [t for t in g.initializer if t.ByteSize() <= 4096]
+    stubs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
+             if t.ByteSize() > 4096 and t.name not in declared]
+    return onnx.helper.make_model(onnx.helper.make_graph(g.node, g.name, list(g.input) + stubs, g.output, small,
+                                                         value_info=g.value_info),
+                                  opset_imports=model.opset_import, ir_version=model.ir_version,
+                                  functions=model.functions)
 
 
 def inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Tensor name -> shape (ints, or strings for symbolic dims) by onnx shape inference."""
+    """Tensor name -> shape (ints, or strings for symbolic dims; UNKNOWN_DIM where onnx does not
+    know one) by onnx shape inference (the model's own shapes where it fails)."""
     schemas.register_schemas()
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
     except Exception:
         inferred = model
     shapes = {}

@@ -72,7 +72,7 @@ def check_finite_conv_weights(model: onnx.ModelProto) -> None:
 
 
 def build_pipeline(method: str, options: dict[str, Any]) -> list:
-    """canonicalise, the method's rewriting passes, fuse activations, clean up."""
+    """canonicalise, the method's rewriting passes, fuse residuals and activations, clean up."""
     m, opts = resolve_options(method, options)
     return canonicalize() + m.passes(opts) + fusions() + [EliminateDeadCode()]
 

@@ -27,37 +27,14 @@ import onnx_graphsurgeon as gs
 
 from .. import DOMAIN
 from ..graph import single_consumer, to_graph, to_model
-from ..schemas import register_schemas, residual_index
+from ..schemas import residual_index
 from .base import CONV_REWRITTEN, RESIDUALS_FUSED, Pass, PassContext, PassResult
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list]:
-    """Tensor name -> dims (int or symbolic name, None when unknown) from ONNX shape inference."""
-    register_schemas()
-    # shapes need an initializer's dims, not its data (small ones, e.g. a Reshape's shape, are kept whole)
-    g = model.graph
-    declared = {i.name for i in g.input}
-    small = [t for t in g.initializer if t.ByteSize() <= 4096]
-    stubs = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in g.initializer
-             if t.ByteSize() > 4096 and t.name not in declared]
-    light = onnx.helper.make_model(onnx.helper.make_graph(g.node, g.name, list(g.input) + stubs, g.output, small,
-                                                          value_info=g.value_info),
-                                   opset_imports=model.opset_import, ir_version=model.ir_version,
-                                   functions=model.functions)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light)
-    except Exception:  # noqa: BLE001 - a model onnx cannot infer: fuse nothing
-        return {}
-    out = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-    return out
-
-
 def _same_known_shape(a: list | None, b: list | None) -> bool:
-    return a is not None and b is not None and len(a) == len(b) and None not in a and a == b
+    from ..analysis import UNKNOWN_DIM
+
+    return a is not None and b is not None and len(a) == len(b) and UNKNOWN_DIM not in a and a == b
 
 
 class FuseResidual(Pass):
@@ -66,14 +43,15 @@ class FuseResidual(Pass):
     ensures = frozenset({RESIDUALS_FUSED})
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        from ..analysis import inferred_shapes
+
         graph = to_graph(model)
-        ours = [n for n in graph.nodes if n.domain == DOMAIN and residual_index(n.op) is not None]
+        ours = [(n, i) for n in graph.nodes if n.domain == DOMAIN and (i := residual_index(n.op)) is not None]
         if not ours:
             return PassResult(model, False)
-        shapes = _shapes(model)
+        shapes = inferred_shapes(model)
         fused = 0
-        for node in ours:
-            index = residual_index(node.op)
+        for node, index in ours:
             if node.attrs.get("activation", "") or len(node.inputs) > index:
                 continue
             y = node.outputs[0]

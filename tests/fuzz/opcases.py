@@ -653,15 +653,14 @@ def make_case(seed: int, index: int, op: str) -> Spec:
     return spec
 
 
-FLOAT_OPS = ("SparseInputConv", "BasisConv", "ClusteredSparseConv", "LutConv")
-Z_INDEX = {"SparseInputConv": 3, "BasisConv": 4, "ClusteredSparseConv": 5, "LutConv": 7}  # schemas.residual_index
-
-
 def _maybe_residual(spec: Spec, rng) -> None:
     """With probability 0.4, a float op's residual Z as a graph input: of Y's shape as the node
     (mutated or not) declares it, or one dimension off, or of another element type or rank. Its own
     generator, so that the cases without Z are those of before."""
-    if spec.op not in FLOAT_OPS or rng.random() >= 0.4:
+    from onnxcompress.schemas import residual_index
+
+    z_index = residual_index(spec.op)
+    if z_index is None or rng.random() >= 0.4:
         return
     shape = expected_output_shape(spec)
     if shape is None or max(shape) > MAX_X_ELEMENTS or int(np.prod(shape, dtype=object)) > MAX_X_ELEMENTS:
@@ -673,9 +672,9 @@ def _maybe_residual(spec: Spec, rng) -> None:
     elif how == "rank":
         shape = shape[:3]
     z = rng.standard_normal(shape).astype(np.float64 if how == "dtype" else np.float32)
-    while len(spec.inputs) < Z_INDEX[spec.op]:
+    while len(spec.inputs) < z_index:
         spec.inputs.append([f"pad{len(spec.inputs)}", None, "absent"])
-    spec.inputs.insert(Z_INDEX[spec.op], ["Z", z, "input"])
+    spec.inputs.insert(z_index, ["Z", z, "input"])
     spec.log.append(f"residual Z ({how})")
 
 
